@@ -1,0 +1,43 @@
+//! Machine-readable failure reasons carried by `BackupFailed.reason`. They are part of
+//! the contract: alert rules match on them, so never rename one.
+
+/// The job request was not valid JSON or lacked a required field.
+pub const MALFORMED_REQUEST: &str = "malformed_request";
+/// The job request was larger than the scheduler accepts.
+pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+/// The request named a source that is not configured.
+pub const UNKNOWN_SOURCE: &str = "unknown_source";
+/// The request named a source with characters outside `[a-z0-9_-]`.
+pub const INVALID_SOURCE_NAME: &str = "invalid_source_name";
+/// A protobuf message on a work subject could not be decoded.
+pub const MALFORMED_MESSAGE: &str = "malformed_message";
+/// The database refused the credentials.
+pub const AUTH_FAILED: &str = "auth_failed";
+/// The source's password env var or file is missing or unreadable.
+pub const CREDENTIALS_MISSING: &str = "credentials_missing";
+/// The database server could not be reached.
+pub const UNREACHABLE: &str = "unreachable";
+/// The database named by the source does not exist.
+pub const DATABASE_NOT_FOUND: &str = "database_not_found";
+/// The backup role lacks a privilege.
+pub const PERMISSION_DENIED: &str = "permission_denied";
+/// The dump tool is not installed or cannot run.
+pub const DUMP_TOOL_MISSING: &str = "dump_tool_missing";
+/// The dump tool failed for another reason (its message is included).
+pub const DUMP_FAILED: &str = "dump_failed";
+/// The job ran past its deadline.
+pub const TIMEOUT: &str = "timeout";
+/// The spool could not be written or read.
+pub const SPOOL_ERROR: &str = "spool_error";
+/// The dump files announced for a job are not in this uploader's spool.
+pub const SPOOL_MISSING: &str = "spool_missing";
+/// A file's checksum differed from the one the dumper recorded.
+pub const CHECKSUM_MISMATCH: &str = "checksum_mismatch";
+/// The object store failed.
+pub const STORAGE_ERROR: &str = "storage_error";
+/// The engine of a source is not supported by this worker.
+pub const UNSUPPORTED_ENGINE: &str = "unsupported_engine";
+/// The job was retried as often as allowed.
+pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
+/// An unexpected internal error (a bug: please report it).
+pub const INTERNAL: &str = "internal";
