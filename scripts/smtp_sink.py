@@ -23,10 +23,15 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from datetime import datetime, timezone
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+
+
+# aiosmtpd warns about its own deprecated Session.login_data on every AUTH.
+warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
 
 
 def _text(value):
@@ -68,7 +73,8 @@ class Sink:
 
 
 def accept_any_login(server, session, envelope, mechanism, auth_data):
-    return AuthResult(success=True)
+    # Handing auth_data back makes aiosmtpd keep it in session.auth_data.
+    return AuthResult(success=True, auth_data=auth_data)
 
 
 def main():
