@@ -41,3 +41,5 @@ pub const UNSUPPORTED_ENGINE: &str = "unsupported_engine";
 pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
 /// An unexpected internal error (a bug: please report it).
 pub const INTERNAL: &str = "internal";
+/// A notification channel could not be reached or refused the message.
+pub const NOTIFICATION_FAILED: &str = "notification_failed";

@@ -1,1 +1,57 @@
+//! The runtime every Ferry worker shares: configuration, the NATS connection and
+//! stream declarations, the [`Publisher`], the generic [`runner`], graceful shutdown,
+//! and the health and metrics endpoints.
 
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod nats;
+pub mod process;
+pub mod publisher;
+pub mod runner;
+pub mod schedule;
+pub mod secrets;
+pub mod shutdown;
+pub mod store;
+
+pub use config::Config;
+pub use metrics::Metrics;
+pub use publisher::{Outgoing, Publisher};
+pub use runner::{ConsumerSpec, Handler, HandlerError, JobContext, RunnerOptions};
+
+/// What every worker of a process shares: one NATS connection, one publisher, one
+/// metrics registry, the configuration.
+#[derive(Clone)]
+pub struct Runtime {
+    /// The validated configuration.
+    pub config: std::sync::Arc<Config>,
+    /// The core NATS client.
+    pub nats: async_nats::Client,
+    /// JetStream on that client.
+    pub jetstream: async_nats::jetstream::Context,
+    /// The publisher every event goes through.
+    pub publisher: Publisher,
+    /// This process's metrics.
+    pub metrics: Metrics,
+}
+
+impl Runtime {
+    /// Connects to NATS and declares the streams and buckets.
+    pub async fn connect(config: Config, client_name: &str) -> Result<Runtime, nats::NatsError> {
+        let client = nats::connect(&config.nats, client_name).await?;
+        Self::with_client(config, client).await
+    }
+
+    /// Uses an existing connection and declares the streams and buckets.
+    pub async fn with_client(config: Config, client: async_nats::Client) -> Result<Runtime, nats::NatsError> {
+        let jetstream = async_nats::jetstream::new(client.clone());
+        nats::declare(&jetstream, &config.nats).await?;
+        Ok(Runtime {
+            config: std::sync::Arc::new(config),
+            nats: client,
+            publisher: Publisher::new(jetstream.clone()),
+            jetstream,
+            metrics: Metrics::new(),
+        })
+    }
+}

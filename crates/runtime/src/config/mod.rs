@@ -1,0 +1,428 @@
+//! Configuration: defaults, then the TOML file, then `FERRY_<SECTION>__<KEY>`
+//! environment variables; validated once at start-up, before any connection is
+//! opened, so a bad value stops the process with a message naming the key.
+//!
+//! The configuration holds no secrets: a source or channel names the environment
+//! variable or file its secret comes from, and the secret is read only where used.
+
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+pub use validate::{ConfigError, ConfigProblem};
+
+/// The whole configuration of a Ferry process (every worker reads the same file).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How to reach NATS.
+    #[serde(default)]
+    pub nats: NatsConfig,
+    /// Where the dumper leaves files for the uploader.
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    /// Where backups are stored.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// The databases to back up.
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    /// Who to tell about failures and successes.
+    #[serde(default)]
+    pub notify: Vec<NotifyConfig>,
+    /// Logs and traces.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// Health and metrics endpoint.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Scheduler settings.
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+    /// Dumper settings.
+    #[serde(default)]
+    pub dumper: DumperConfig,
+    /// Uploader settings.
+    #[serde(default)]
+    pub uploader: UploaderConfig,
+    /// Retention worker settings.
+    #[serde(default)]
+    pub retention: RetentionWorkerConfig,
+}
+
+impl Config {
+    /// Loads `path` (when given) and the `FERRY_*` overrides, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            // figment treats a missing file as empty; an operator who names a file
+            // means it, so say so instead of running on defaults.
+            if !path.is_file() {
+                return Err(ConfigError::single(
+                    "--config",
+                    path.display().to_string(),
+                    "an existing, readable TOML file",
+                ));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        // Only `FERRY_SECTION__KEY` variables are configuration: other `FERRY_*`
+        // variables (FERRY_CONFIG, FERRY_LOG, secret env vars) are not.
+        figment = figment.merge(
+            Env::prefixed("FERRY_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        );
+        let config: Config = figment.extract().map_err(ConfigError::from_figment)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses and validates a TOML document (no environment overrides).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(ConfigError::from_figment)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The source named `name`.
+    pub fn source(&self, name: &str) -> Option<&SourceConfig> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+}
+
+/// `[nats]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated.
+    pub url: String,
+    /// NATS credentials file (JWT + nkey).
+    pub creds_file: Option<PathBuf>,
+    /// Environment variable holding a token.
+    pub token_env: Option<String>,
+    /// CA certificate for TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Stream replicas (3 on a three-node cluster).
+    pub replicas: usize,
+    /// How long the events stream keeps history.
+    #[serde(with = "humantime_serde")]
+    pub events_max_age: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            creds_file: None,
+            token_env: None,
+            tls_ca_file: None,
+            replicas: 1,
+            events_max_age: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// The kind of spool.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolKind {
+    /// A directory shared by dumper and uploader (same host, pod or volume).
+    #[default]
+    Dir,
+}
+
+/// `[spool]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// The spool kind.
+    pub kind: SpoolKind,
+    /// The spool directory.
+    pub path: PathBuf,
+    /// The name of this node in events (default: the host name).
+    pub node: Option<String>,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            kind: SpoolKind::Dir,
+            path: PathBuf::from("/var/lib/ferry/spool"),
+            node: None,
+        }
+    }
+}
+
+/// The kind of object store.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// A local directory (the embedded default).
+    #[default]
+    Fs,
+    /// An S3-compatible object store.
+    S3,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// The store kind.
+    pub kind: StorageKind,
+    /// Directory of the `fs` store.
+    pub path: PathBuf,
+    /// Bucket of the `s3` store.
+    pub bucket: Option<String>,
+    /// Key prefix under which Ferry keeps everything.
+    pub prefix: String,
+    /// S3 endpoint (B2, MinIO, Garage, R2); unset for AWS.
+    pub endpoint: Option<String>,
+    /// S3 region.
+    pub region: Option<String>,
+    /// Path-style S3 addressing.
+    pub force_path_style: bool,
+    /// Environment variable holding the S3 access key id.
+    pub access_key_id_env: Option<String>,
+    /// Environment variable holding the S3 secret key.
+    pub secret_access_key_env: Option<String>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            kind: StorageKind::Fs,
+            path: PathBuf::from("/var/lib/ferry/store"),
+            bucket: None,
+            prefix: "ferry".into(),
+            endpoint: None,
+            region: None,
+            force_path_style: false,
+            access_key_id_env: None,
+            secret_access_key_env: None,
+        }
+    }
+}
+
+/// The engine of a source.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// PostgreSQL, dumped with `pg_dump`.
+    Postgres,
+    /// MongoDB.
+    Mongodb,
+}
+
+/// `[[sources]]`: one database server to back up.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Unique name, `[a-z0-9][a-z0-9_-]*`; used in subjects and keys.
+    pub name: String,
+    /// The engine.
+    pub engine: EngineKind,
+    /// Connection URL, without a password.
+    pub url: String,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// File holding the password (a Docker or Kubernetes secret).
+    pub password_file: Option<PathBuf>,
+    /// Databases to back up; empty means the one in the URL.
+    #[serde(default)]
+    pub databases: Vec<String>,
+    /// Cron expression (5 fields, or 6 with seconds); unset means manual jobs only.
+    pub schedule: Option<String>,
+    /// IANA time zone of the schedule and of retention periods.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// Deadline of a job.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Which backups to keep.
+    #[serde(default)]
+    pub retention: RetentionPolicy,
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(2 * 3600)
+}
+
+/// A retention policy. Unset rules keep nothing by themselves; with no rule at all
+/// every backup is kept.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionPolicy {
+    /// Keep the newest N backups.
+    pub keep_last: Option<u32>,
+    /// Keep the newest backup of each of the last N days.
+    pub keep_daily: Option<u32>,
+    /// Keep the newest backup of each of the last N ISO weeks.
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest backup of each of the last N months.
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest backup of each of the last N years.
+    pub keep_yearly: Option<u32>,
+    /// Never keep fewer than this many backups, whatever the rules say (default 1).
+    pub min_keep: Option<u32>,
+}
+
+impl RetentionPolicy {
+    /// Whether any rule would ever expire a backup.
+    pub fn is_empty(&self) -> bool {
+        self.keep_last.is_none()
+            && self.keep_daily.is_none()
+            && self.keep_weekly.is_none()
+            && self.keep_monthly.is_none()
+            && self.keep_yearly.is_none()
+    }
+}
+
+/// Which outcomes a channel is told about.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyOn {
+    /// A stage failed a job for good.
+    Failed,
+    /// A backup was stored.
+    Succeeded,
+    /// Retention ran.
+    Retention,
+}
+
+/// `[[notify]]`: one notification channel.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum NotifyConfig {
+    /// A generic JSON webhook.
+    Webhook {
+        /// The URL, when it is not a secret.
+        url: Option<String>,
+        /// Environment variable holding the URL (webhook URLs often embed a token).
+        url_env: Option<String>,
+        /// Which outcomes to send (default: failed).
+        #[serde(default = "default_notify_on")]
+        on: Vec<NotifyOn>,
+    },
+}
+
+fn default_notify_on() -> Vec<NotifyOn> {
+    vec![NotifyOn::Failed]
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP endpoint for traces; unset means logs only.
+    pub otlp_endpoint: Option<String>,
+    /// `text` or `json` log lines.
+    pub log_format: LogFormatConfig,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormatConfig {
+    /// Human-readable.
+    #[default]
+    Text,
+    /// JSON lines.
+    Json,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of `/healthz`, `/readyz` and `/metrics`; empty disables it.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// `[scheduler]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// Largest JSON job request accepted, in bytes.
+    pub max_request_bytes: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            max_request_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// `[dumper]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DumperConfig {
+    /// Jobs this process dumps at once.
+    pub concurrency: usize,
+    /// Directory holding `pg_dump`; default: found on PATH.
+    pub pg_bin_dir: Option<PathBuf>,
+}
+
+impl Default for DumperConfig {
+    fn default() -> Self {
+        DumperConfig {
+            concurrency: 2,
+            pg_bin_dir: None,
+        }
+    }
+}
+
+/// `[uploader]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploaderConfig {
+    /// Jobs this process uploads at once.
+    pub concurrency: usize,
+}
+
+impl Default for UploaderConfig {
+    fn default() -> Self {
+        UploaderConfig { concurrency: 4 }
+    }
+}
+
+/// `[retention]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionWorkerConfig {
+    /// Objects younger than this are never collected, so an upload in flight (whose
+    /// manifest is not written yet) keeps its objects.
+    #[serde(with = "humantime_serde")]
+    pub gc_grace: Duration,
+}
+
+impl Default for RetentionWorkerConfig {
+    fn default() -> Self {
+        RetentionWorkerConfig {
+            gc_grace: Duration::from_secs(3600),
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Start-up validation: every problem names the key, the value and what is expected.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use super::{Config, NotifyConfig, StorageKind};
+use crate::schedule;
+
+/// One invalid configuration value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The key, as a path (`sources[2].schedule`).
+    pub key: String,
+    /// The value found (never a secret: the configuration holds none).
+    pub value: String,
+    /// What would be accepted.
+    pub expected: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: invalid value {:?}: expected {}",
+            self.key, self.value, self.expected
+        )
+    }
+}
+
+/// The configuration could not be loaded; lists every problem found.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    /// Every problem, in file order.
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration")?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    /// An error with one problem.
+    pub fn single(key: &str, value: impl Into<String>, expected: impl Into<String>) -> Self {
+        ConfigError {
+            problems: vec![ConfigProblem {
+                key: key.into(),
+                value: value.into(),
+                expected: expected.into(),
+            }],
+        }
+    }
+
+    pub(super) fn from_figment(err: figment::Error) -> Self {
+        let problems = err
+            .into_iter()
+            .map(|e| {
+                let key = if e.path.is_empty() {
+                    "(file)".to_string()
+                } else {
+                    e.path.join(".")
+                };
+                let origin = e
+                    .metadata
+                    .as_ref()
+                    .map(|m| format!(" (from {})", m.name))
+                    .unwrap_or_default();
+                ConfigProblem {
+                    key,
+                    value: String::new(),
+                    expected: format!("{}{origin}", e.kind),
+                }
+            })
+            .collect();
+        ConfigError { problems }
+    }
+}
+
+impl Config {
+    /// Checks every value that parsing alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut bad = |key: String, value: &str, expected: &str| {
+            problems.push(ConfigProblem {
+                key,
+                value: value.to_string(),
+                expected: expected.to_string(),
+            })
+        };
+
+        if !self.nats.url.split(',').all(|u| {
+            let u = u.trim();
+            u.starts_with("nats://") || u.starts_with("tls://") || u.starts_with("ws")
+        }) {
+            bad("nats.url".into(), &self.nats.url, "nats://host:port (comma-separated for several)");
+        }
+        if !(1..=5).contains(&self.nats.replicas) {
+            bad("nats.replicas".into(), &self.nats.replicas.to_string(), "1 to 5 (3 on a three-node cluster)");
+        }
+        if self.storage.kind == StorageKind::S3 {
+            // The S3 store arrives with the uploader issue; refuse it plainly rather
+            // than fall back to the local directory.
+            bad("storage.kind".into(), "s3", "\"fs\" (the S3 store is not built yet in this version)");
+        }
+        if self.storage.prefix.contains("..") || self.storage.prefix.starts_with('/') {
+            bad("storage.prefix".into(), &self.storage.prefix, "a relative key prefix without `..`");
+        }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            bad("http.listen".into(), &self.http.listen, "host:port, e.g. 127.0.0.1:9464, or \"\" to disable");
+        }
+        if self.dumper.concurrency == 0 {
+            bad("dumper.concurrency".into(), "0", "at least 1");
+        }
+        if self.uploader.concurrency == 0 {
+            bad("uploader.concurrency".into(), "0", "at least 1");
+        }
+
+        let mut names = HashSet::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            let key = |field: &str| format!("sources[{i}].{field}");
+            if !ferry_proto::subjects::is_valid_source_name(&s.name) {
+                bad(key("name"), &s.name, "1-64 characters of [a-z0-9_-], starting with a letter or digit");
+            } else if !names.insert(s.name.as_str()) {
+                bad(key("name"), &s.name, "a name no other source has");
+            }
+            match url::Url::parse(&s.url) {
+                Ok(u) if u.password().is_some() => bad(
+                    key("url"),
+                    "(a URL with a password, not shown)",
+                    "a URL without a password: put it in password_env or password_file",
+                ),
+                Ok(u) if !matches!(u.scheme(), "postgres" | "postgresql" | "mongodb" | "mongodb+srv") => {
+                    bad(key("url"), &s.url, "a postgres:// or mongodb:// URL")
+                }
+                Ok(_) => {}
+                Err(e) => bad(key("url"), &s.url, &format!("a valid URL ({e})")),
+            }
+            if s.password_env.is_some() && s.password_file.is_some() {
+                bad(key("password_file"), &s.password_file.as_ref().unwrap().display().to_string(), "either password_env or password_file, not both");
+            }
+            if let Some(expr) = &s.schedule
+                && let Err(e) = schedule::parse_cron(expr)
+            {
+                bad(key("schedule"), expr, &format!("a cron expression with 5 fields, or 6 with seconds ({e})"));
+            }
+            if schedule::parse_timezone(&s.timezone).is_err() {
+                bad(key("timezone"), &s.timezone, "an IANA time zone name such as Europe/Berlin or UTC");
+            }
+            if s.timeout.is_zero() {
+                bad(key("timeout"), "0s", "a positive duration such as 2h");
+            }
+            if s.retention.keep_last == Some(0) {
+                bad(key("retention.keep_last"), "0", "at least 1 (keeping no backup is never what you want)");
+            }
+        }
+
+        for (i, n) in self.notify.iter().enumerate() {
+            match n {
+                NotifyConfig::Webhook { url, url_env, .. } => {
+                    match (url, url_env) {
+                        (Some(_), Some(_)) => bad(format!("notify[{i}].url_env"), url_env.as_deref().unwrap_or_default(), "either url or url_env, not both"),
+                        (None, None) => bad(format!("notify[{i}].url"), "", "a URL (url) or the environment variable that holds it (url_env)"),
+                        (Some(u), None) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                            bad(format!("notify[{i}].url"), u, "an http:// or https:// URL")
+                        }
+                        (None, Some(var)) if std::env::var(var).is_err() => bad(
+                            format!("notify[{i}].url_env"),
+                            var,
+                            "the name of an environment variable that is set (it holds the webhook URL)",
+                        ),
+                        _ => {}
+                    }
+                }
+            }
+        }
+
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}

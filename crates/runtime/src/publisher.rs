@@ -1,0 +1,84 @@
+//! The only way Ferry publishes to JetStream: every message carries the current trace
+//! context and a `Nats-Msg-Id`, and publishing waits for the stream's acknowledgement.
+
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use ferry_proto::subjects::EventKind;
+
+/// A message a handler wants published once its work is done.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Subject to publish on.
+    pub subject: String,
+    /// Encoded protobuf.
+    pub payload: Bytes,
+    /// JetStream de-duplication id: the same logical message always has the same id,
+    /// so a redelivered handler re-publishing it is harmless.
+    pub msg_id: String,
+}
+
+impl Outgoing {
+    /// An event of `kind` about `source`.
+    pub fn event(kind: EventKind, source: &str, message: &impl prost::Message, msg_id: String) -> Self {
+        Outgoing {
+            subject: kind.subject(source),
+            payload: message.encode_to_vec().into(),
+            msg_id,
+        }
+    }
+}
+
+/// Failed to publish.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to publish to {subject}: {message}")]
+pub struct PublishError {
+    /// The subject.
+    pub subject: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Publishes to JetStream with trace context and de-duplication ids.
+#[derive(Clone)]
+pub struct Publisher {
+    js: jetstream::Context,
+}
+
+impl Publisher {
+    /// A publisher on a JetStream context.
+    pub fn new(js: jetstream::Context) -> Self {
+        Publisher { js }
+    }
+
+    /// Publishes and waits until the stream has stored the message.
+    pub async fn publish(&self, out: &Outgoing) -> Result<(), PublishError> {
+        let mut headers = HeaderMap::new();
+        ferry_telemetry::inject(&mut headers);
+        headers.insert("Nats-Msg-Id", out.msg_id.as_str());
+        let err = |e: &dyn std::fmt::Display| PublishError {
+            subject: out.subject.clone(),
+            message: e.to_string(),
+        };
+        self.js
+            .publish_with_headers(out.subject.clone(), headers, out.payload.clone())
+            .await
+            .map_err(|e| err(&e))?
+            .await
+            .map_err(|e| err(&e))?;
+        Ok(())
+    }
+
+    /// Publishes every message in order.
+    pub async fn publish_all(&self, outs: &[Outgoing]) -> Result<(), PublishError> {
+        for out in outs {
+            self.publish(out).await?;
+        }
+        Ok(())
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+}

@@ -1,0 +1,435 @@
+//! The generic consume-handle-ack loop every JetStream-driven worker runs.
+//!
+//! The runner owns pulling, decoding, spans, progress acks, publishing follow-up
+//! events, acking and failure reporting; a [`Handler`] does one unit of work.
+//! Order matters: follow-up events are published (and stored by the stream) before
+//! the input is acked, so a crash in between means a redelivery, never a lost step,
+//! and handlers are idempotent on `job_id` so the redelivery is harmless.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, AckKind};
+use ferry_proto::subjects::EventKind;
+use ferry_proto::v1::{BackupFailed, Stage};
+use ferry_proto::{reason, JobMessage};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::metrics::Metrics;
+use crate::publisher::{Outgoing, Publisher};
+
+/// How a handler's failure is treated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandlerError {
+    /// Worth another attempt (network, a busy server): nak with backoff.
+    Retryable {
+        /// A code from `ferry_proto::reason`.
+        reason: &'static str,
+        /// What failed and what to do.
+        message: String,
+    },
+    /// Will fail the same way again (bad credentials, unknown source): stop now.
+    Permanent {
+        /// A code from `ferry_proto::reason`.
+        reason: &'static str,
+        /// What failed and what to do.
+        message: String,
+    },
+}
+
+impl HandlerError {
+    /// A retryable error.
+    pub fn retryable(reason: &'static str, message: impl Into<String>) -> Self {
+        HandlerError::Retryable { reason, message: message.into() }
+    }
+
+    /// A permanent error.
+    pub fn permanent(reason: &'static str, message: impl Into<String>) -> Self {
+        HandlerError::Permanent { reason, message: message.into() }
+    }
+
+    /// The reason code.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HandlerError::Retryable { reason, .. } | HandlerError::Permanent { reason, .. } => reason,
+        }
+    }
+
+    /// The human message.
+    pub fn message(&self) -> &str {
+        match self {
+            HandlerError::Retryable { message, .. } | HandlerError::Permanent { message, .. } => message,
+        }
+    }
+}
+
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason(), self.message())
+    }
+}
+
+/// The durable consumer a handler reads from.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// The stream.
+    pub stream: &'static str,
+    /// Durable name, shared by every replica of the worker.
+    pub durable: String,
+    /// Subject filter.
+    pub filter: String,
+    /// How long a delivery may go without an ack or progress before redelivery.
+    pub ack_wait: Duration,
+    /// Deliveries before the runner gives up on a message.
+    pub max_deliver: i64,
+}
+
+/// What a handler gets besides its input.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// Delivery attempt, starting at 1.
+    pub attempt: u32,
+    /// Cancelled when the process shuts down past its grace period.
+    pub cancel: CancellationToken,
+}
+
+/// One unit of work per message.
+pub trait Handler: Send + Sync + 'static {
+    /// The decoded input.
+    type Input: JobMessage + Send + 'static;
+    /// The stage reported in failures and spans.
+    const STAGE: Stage;
+    /// The consumer to read from.
+    fn consumer(&self) -> ConsumerSpec;
+    /// Decodes a message; `Ok(None)` means "not for this handler" (acked, skipped).
+    fn decode(&self, subject: &str, payload: &[u8]) -> Result<Option<Self::Input>, prost::DecodeError>;
+    /// Does the work and returns the events to publish before the ack.
+    fn handle(
+        &self,
+        input: Self::Input,
+        ctx: JobContext,
+    ) -> impl Future<Output = Result<Vec<Outgoing>, HandlerError>> + Send;
+}
+
+/// Settings of one runner.
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    /// Messages handled at once; also the consumer's `max_ack_pending`, so the server
+    /// never hands this worker more than it can hold.
+    pub concurrency: usize,
+    /// How long in-flight work may finish after shutdown is requested.
+    pub grace: Duration,
+    /// First retry delay; doubles per attempt up to `max_backoff`.
+    pub base_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        RunnerOptions {
+            concurrency: 2,
+            grace: Duration::from_secs(30),
+            base_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Errors that stop a runner (not a handler's failures, which are reported).
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The consumer could not be created or read.
+    #[error("failed to start consumer {durable} on {stream}: {message}")]
+    Consumer {
+        /// The stream.
+        stream: &'static str,
+        /// The durable name.
+        durable: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// The delay before the next attempt after `attempt` failed.
+pub fn backoff(options: &RunnerOptions, attempt: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+    options.base_backoff.saturating_mul(factor).min(options.max_backoff)
+}
+
+/// Runs `handler` until `shutdown` is cancelled, then waits up to the grace period for
+/// in-flight work; what is still running after that is dropped and redelivered.
+pub async fn run<H: Handler>(
+    handler: Arc<H>,
+    js: jetstream::Context,
+    publisher: Publisher,
+    metrics: Metrics,
+    options: RunnerOptions,
+    shutdown: CancellationToken,
+) -> Result<(), RunnerError> {
+    let spec = handler.consumer();
+    let consumer_err = |e: &dyn std::fmt::Display| RunnerError::Consumer {
+        stream: spec.stream,
+        durable: spec.durable.clone(),
+        message: e.to_string(),
+    };
+    let stream = js.get_stream(spec.stream).await.map_err(|e| consumer_err(&e))?;
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            &spec.durable,
+            consumer::pull::Config {
+                durable_name: Some(spec.durable.clone()),
+                filter_subject: spec.filter.clone(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: spec.ack_wait,
+                max_deliver: spec.max_deliver,
+                max_ack_pending: options.concurrency as i64,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| consumer_err(&e))?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(options.concurrency)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| consumer_err(&e))?;
+
+    let permits = Arc::new(Semaphore::new(options.concurrency));
+    let mut in_flight = JoinSet::new();
+    let job_cancel = CancellationToken::new();
+    tracing::info!(stage = H::STAGE.name(), consumer = %spec.durable, "worker started");
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+        };
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = messages.next() => next,
+        };
+        while in_flight.try_join_next().is_some() {}
+        match next {
+            Some(Ok(message)) => {
+                let task = Delivery {
+                    handler: handler.clone(),
+                    publisher: publisher.clone(),
+                    metrics: metrics.clone(),
+                    options: options.clone(),
+                    spec: spec.clone(),
+                    cancel: job_cancel.child_token(),
+                };
+                in_flight.spawn(async move {
+                    task.process(message).await;
+                    drop(permit);
+                });
+            }
+            Some(Err(e)) => {
+                // Missed heartbeats and transient server errors: the stream recovers
+                // by itself; wait a moment so a persistent error does not spin.
+                tracing::warn!(stage = H::STAGE.name(), error = %e, "error pulling messages");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            None => {
+                tracing::warn!(stage = H::STAGE.name(), "message stream ended");
+                break;
+            }
+        }
+    }
+
+    let grace = options.grace;
+    let drained = tokio::time::timeout(grace, async {
+        while in_flight.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            stage = H::STAGE.name(),
+            jobs = in_flight.len(),
+            "grace period over: stopping in-flight work, it will be redelivered"
+        );
+        job_cancel.cancel();
+        in_flight.abort_all();
+        while in_flight.join_next().await.is_some() {}
+    }
+    tracing::info!(stage = H::STAGE.name(), "worker stopped");
+    Ok(())
+}
+
+/// Everything needed to process one delivery.
+struct Delivery<H> {
+    handler: Arc<H>,
+    publisher: Publisher,
+    metrics: Metrics,
+    options: RunnerOptions,
+    spec: ConsumerSpec,
+    cancel: CancellationToken,
+}
+
+impl<H: Handler> Delivery<H> {
+    async fn process(self, message: jetstream::Message) {
+        let stage = H::STAGE;
+        let attempt = message.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
+        let subject = message.subject.to_string();
+        let span = tracing::info_span!(
+            "handle",
+            otel.name = format!("{} process", stage.name()),
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.destination.name = %subject,
+            ferry.stage = stage.name(),
+            ferry.job_id = tracing::field::Empty,
+            ferry.source = tracing::field::Empty,
+            ferry.attempt = attempt,
+        );
+        let _ = span.set_parent(ferry_telemetry::extract(message.headers.as_ref()));
+        self.process_in_span(message, subject, attempt, span.clone())
+            .instrument(span)
+            .await
+    }
+
+    async fn process_in_span(self, message: jetstream::Message, subject: String, attempt: u32, span: Span) {
+        let stage = H::STAGE;
+        let input = match self.handler.decode(&subject, &message.payload) {
+            Ok(Some(input)) => input,
+            Ok(None) => {
+                ack(&message, AckKind::Ack).await;
+                return;
+            }
+            Err(e) => {
+                // A poison message: it will never decode, so do not retry it.
+                tracing::error!(error = %e, "undecodable message terminated");
+                let failed = BackupFailed {
+                    job_id: String::new(),
+                    source: String::new(),
+                    occurred_at: Some(ferry_proto::now()),
+                    stage: stage as i32,
+                    reason: reason::MALFORMED_MESSAGE.into(),
+                    message: format!("message on {subject} is not a valid protobuf message ({e}); it was dropped"),
+                    attempt,
+                    r#final: true,
+                    backup_id: String::new(),
+                };
+                let msg_id = format!("malformed/{}/{}", stage.name(), message.info().map(|i| i.stream_sequence).unwrap_or(0));
+                let _ = self.publisher.publish(&Outgoing::event(EventKind::Failed, "", &failed, msg_id)).await;
+                self.metrics.record(stage, "malformed", Duration::ZERO);
+                ack(&message, AckKind::Term).await;
+                return;
+            }
+        };
+        let job_id = input.job_id().to_string();
+        let source = input.source().to_string();
+        let backup_id = input.backup_id().to_string();
+        span.record("ferry.job_id", job_id.as_str());
+        span.record("ferry.source", source.as_str());
+
+        // Progress acks keep a long dump from being redelivered to another replica.
+        let progress = {
+            let message = message.clone();
+            let every = (self.spec.ack_wait / 3).max(Duration::from_millis(200));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+            })
+        };
+        let _in_flight = self.metrics.in_flight(stage);
+        let started = Instant::now();
+        let ctx = JobContext { attempt, cancel: self.cancel.clone() };
+        let result = self.handler.handle(input, ctx).await;
+        progress.abort();
+        let elapsed = started.elapsed();
+
+        match result {
+            Ok(outgoing) => match self.publisher.publish_all(&outgoing).await {
+                Ok(()) => {
+                    self.metrics.record(stage, "succeeded", elapsed);
+                    ack(&message, AckKind::Ack).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "follow-up events not published; will retry");
+                    self.metrics.record(stage, "retried", elapsed);
+                    ack(&message, AckKind::Nak(Some(backoff(&self.options, attempt)))).await;
+                }
+            },
+            Err(err) => {
+                let exhausted = attempt as i64 >= self.spec.max_deliver;
+                let is_final = matches!(err, HandlerError::Permanent { .. }) || exhausted;
+                if !is_final {
+                    let delay = backoff(&self.options, attempt);
+                    tracing::warn!(reason = err.reason(), error = err.message(), attempt, retry_in = ?delay, "job failed; will retry");
+                    self.metrics.record(stage, "retried", elapsed);
+                    ack(&message, AckKind::Nak(Some(delay))).await;
+                    return;
+                }
+                tracing::error!(reason = err.reason(), error = err.message(), attempt, "job failed");
+                let message_text = if exhausted && matches!(err, HandlerError::Retryable { .. }) {
+                    format!("{} (gave up after {attempt} attempts)", err.message())
+                } else {
+                    err.message().to_string()
+                };
+                let failed = BackupFailed {
+                    job_id: job_id.clone(),
+                    source: source.clone(),
+                    occurred_at: Some(ferry_proto::now()),
+                    stage: stage as i32,
+                    reason: err.reason().into(),
+                    message: message_text,
+                    attempt,
+                    r#final: true,
+                    backup_id,
+                };
+                let msg_id = format!("{job_id}/failed/{}", stage.name());
+                match self.publisher.publish(&Outgoing::event(EventKind::Failed, &source, &failed, msg_id)).await {
+                    Ok(()) => {
+                        self.metrics.record(stage, "failed", elapsed);
+                        ack(&message, AckKind::Term).await;
+                    }
+                    Err(e) => {
+                        // The failure must be reported: retry the whole delivery rather
+                        // than terminate silently.
+                        tracing::warn!(error = %e, "failure event not published; will retry");
+                        ack(&message, AckKind::Nak(Some(backoff(&self.options, attempt)))).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn ack(message: &jetstream::Message, kind: AckKind) {
+    if let Err(e) = message.ack_with(kind).await {
+        // The server will redeliver after ack_wait; idempotent handlers make that safe.
+        tracing::warn!(error = %e, "failed to acknowledge message");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let options = RunnerOptions {
+            base_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(10),
+            ..Default::default()
+        };
+        let delays: Vec<u64> = (1..=6).map(|a| backoff(&options, a).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(backoff(&options, u32::MAX), Duration::from_secs(10));
+    }
+}
