@@ -1,1 +1,220 @@
+//! The dumper: takes `JobRequested` from the shared durable consumer, dumps the
+//! source's databases into the spool, and publishes `DumpCompleted`.
+//!
+//! Idempotent on `job_id`: a finished dump leaves a marker beside the job's spool
+//! directory, so a redelivered job re-announces the same dump instead of dumping
+//! again; an unfinished one is discarded and redone.
 
+mod postgres;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_proto::subjects::{self, EventKind};
+use ferry_proto::v1::{DumpCompleted, DumpFile, Engine, JobRequested, SpoolLocation, Stage};
+use ferry_proto::{reason, Message};
+use ferry_runtime::config::{EngineKind, SourceConfig};
+use ferry_runtime::secrets::{read_secret, SecretSource};
+use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime, RunnerOptions};
+use ferry_storage::spool::{hash_file, list_files, DirSpool};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+pub use postgres::PgTools;
+
+/// The dumper's handler.
+pub struct Dumper {
+    rt: Runtime,
+    spool: DirSpool,
+    node: String,
+    pg: PgTools,
+}
+
+impl Dumper {
+    /// A dumper writing into the configured spool.
+    pub fn new(rt: Runtime) -> std::io::Result<Self> {
+        let spool = DirSpool::new(&rt.config.spool.path)?;
+        let node = spool_node(&rt);
+        let pg = PgTools::new(rt.config.dumper.pg_bin_dir.clone());
+        Ok(Dumper { rt, spool, node, pg })
+    }
+
+    fn marker(&self, job_id: &str) -> std::io::Result<PathBuf> {
+        Ok(self.spool.job_dir(job_id)?.with_extension("completed"))
+    }
+}
+
+/// The name of this node in spool locations: configured, or the host name.
+pub fn spool_node(rt: &Runtime) -> String {
+    rt.config.spool.node.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    })
+}
+
+/// Runs the dumper until `shutdown`.
+pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let options = RunnerOptions {
+        concurrency: rt.config.dumper.concurrency,
+        ..Default::default()
+    };
+    let handler = Arc::new(Dumper::new(rt.clone()).map_err(|e| {
+        anyhow::anyhow!("failed to create the spool directory {}: {e}", rt.config.spool.path.display())
+    })?);
+    ferry_runtime::runner::run(handler, rt.jetstream.clone(), rt.publisher.clone(), rt.metrics.clone(), options, shutdown)
+        .await?;
+    Ok(())
+}
+
+impl Handler for Dumper {
+    type Input = JobRequested;
+    const STAGE: Stage = Stage::Dumper;
+
+    fn consumer(&self) -> ConsumerSpec {
+        ConsumerSpec {
+            stream: subjects::JOBS_STREAM,
+            durable: "ferry-dumper".into(),
+            filter: subjects::JOB_DUMP.into(),
+            ack_wait: Duration::from_secs(60),
+            max_deliver: 4,
+        }
+    }
+
+    fn decode(&self, _subject: &str, payload: &[u8]) -> Result<Option<JobRequested>, prost::DecodeError> {
+        JobRequested::decode(payload).map(Some)
+    }
+
+    async fn handle(&self, job: JobRequested, ctx: JobContext) -> Result<Vec<Outgoing>, HandlerError> {
+        let source = self.rt.config.source(&job.source).ok_or_else(|| {
+            HandlerError::permanent(
+                reason::UNKNOWN_SOURCE,
+                format!("source {:?} is not configured on this dumper: add it to [[sources]]", job.source),
+            )
+        })?;
+        let spool_err = |e: std::io::Error| HandlerError::retryable(reason::SPOOL_ERROR, format!("spool {}: {e}", self.spool.root().display()));
+        let marker = self.marker(&job.job_id).map_err(|e| HandlerError::permanent(reason::MALFORMED_MESSAGE, e.to_string()))?;
+        if let Ok(bytes) = tokio::fs::read(&marker).await
+            && let Ok(done) = DumpCompleted::decode(bytes.as_slice())
+        {
+            tracing::info!("dump already completed by an earlier delivery; announcing it again");
+            return Ok(vec![completed_event(&done)]);
+        }
+
+        let remaining = job
+            .deadline
+            .as_ref()
+            .and_then(ferry_proto::from_timestamp)
+            .map(|d| (d - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(source.timeout);
+        if remaining.is_zero() {
+            return Err(timeout_error(source));
+        }
+
+        let job_dir = self.spool.job_dir(&job.job_id).map_err(spool_err)?;
+        // A directory without a marker is what a crashed attempt left: start over.
+        let _ = tokio::fs::remove_dir_all(&job_dir).await;
+        tokio::fs::create_dir_all(&job_dir).await.map_err(spool_err)?;
+
+        let started_at = chrono::Utc::now();
+        let clock = Instant::now();
+        let dump = async {
+            tokio::select! {
+                result = tokio::time::timeout(remaining, self.dump(source, &job, &job_dir)) => {
+                    result.unwrap_or_else(|_| Err(timeout_error(source)))
+                }
+                _ = ctx.cancel.cancelled() => Err(HandlerError::retryable(reason::DUMP_FAILED, "the dumper is shutting down; the job will be redelivered")),
+            }
+        }
+        .await;
+        let (server_version, tool_version, databases) = match dump {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&job_dir).await;
+                return Err(e);
+            }
+        };
+
+        let mut files = Vec::new();
+        let names = list_files(&job_dir).map_err(spool_err)?;
+        for name in names {
+            let (size, sha256) = hash_file(&job_dir.join(&name)).await.map_err(spool_err)?;
+            let compression = if name.ends_with(".gz") { "gzip" } else { "none" };
+            files.push(DumpFile { name, size, sha256, compression: compression.into() });
+        }
+        let done = DumpCompleted {
+            job_id: job.job_id.clone(),
+            source: job.source.clone(),
+            occurred_at: Some(ferry_proto::now()),
+            backup_id: job.backup_id.clone(),
+            engine: Engine::Postgres as i32,
+            server_version,
+            tool_version,
+            files,
+            spool: Some(SpoolLocation { node: self.node.clone(), path: job_dir.display().to_string() }),
+            started_at: Some(ferry_proto::to_timestamp(started_at)),
+            duration_ms: clock.elapsed().as_millis() as u64,
+            databases,
+        };
+        tokio::fs::write(&marker, done.encode_to_vec()).await.map_err(spool_err)?;
+        let bytes: u64 = done.files.iter().map(|f| f.size).sum();
+        tracing::info!(files = done.files.len(), bytes, duration_ms = done.duration_ms, "dump completed");
+        Ok(vec![completed_event(&done)])
+    }
+}
+
+impl Dumper {
+    async fn dump(
+        &self,
+        source: &SourceConfig,
+        job: &JobRequested,
+        job_dir: &std::path::Path,
+    ) -> Result<(String, String, Vec<String>), HandlerError> {
+        let password = password_of(source)?;
+        match source.engine {
+            EngineKind::Postgres => self.pg.dump(source, password.as_ref(), &job.databases, job_dir).await,
+            EngineKind::Mongodb => Err(HandlerError::permanent(
+                reason::UNSUPPORTED_ENGINE,
+                format!("source {}: MongoDB dumps are not available in this version of the dumper", source.name),
+            )),
+        }
+    }
+}
+
+fn completed_event(done: &DumpCompleted) -> Outgoing {
+    Outgoing::event(EventKind::Dumped, &done.source, done, format!("{}/dumped", done.job_id))
+}
+
+fn timeout_error(source: &SourceConfig) -> HandlerError {
+    HandlerError::permanent(
+        reason::TIMEOUT,
+        format!(
+            "the backup of {} ran past its timeout of {}; raise sources.timeout or investigate the database's load",
+            source.name,
+            humantime_duration(source.timeout)
+        ),
+    )
+}
+
+fn humantime_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn password_of(source: &SourceConfig) -> Result<Option<SecretString>, HandlerError> {
+    let from = match (&source.password_env, &source.password_file) {
+        (Some(var), _) => SecretSource::Env(var),
+        (None, Some(path)) => SecretSource::File(path),
+        (None, None) => return Ok(None),
+    };
+    read_secret(from).map(Some).map_err(|e| {
+        HandlerError::permanent(reason::CREDENTIALS_MISSING, format!("password of source {}: {e}", source.name))
+    })
+}

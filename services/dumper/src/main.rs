@@ -1,0 +1,8 @@
+//! `ferry-dumper`: the dumper worker as its own process.
+
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    ferry_runtime::process::main("ferry-dumper", ferry_dumper::run).await
+}

@@ -1,0 +1,91 @@
+//! `ferry backup now`: publish a job request, optionally wait for its outcome.
+
+use std::time::Duration;
+
+use ferry_proto::subjects::{self, EventKind};
+use ferry_proto::v1::{BackupFailed, BackupUploaded, Stage};
+use ferry_proto::Message;
+use ferry_scheduler::{ManualReply, ManualRequest};
+use futures::StreamExt;
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted; not waited for.
+    Queued {
+        /// The job id.
+        job_id: String,
+        /// The backup id it will produce.
+        backup_id: String,
+    },
+    /// Stored and committed.
+    Succeeded(BackupUploaded),
+    /// A stage failed it, or the scheduler refused it.
+    Failed(BackupFailed),
+}
+
+/// Asks the scheduler for a backup of `source`; with `wait`, follows the job's
+/// events until it is stored or fails, for at most that long.
+pub async fn now(client: &async_nats::Client, source: &str, wait: Option<Duration>) -> anyhow::Result<Outcome> {
+    let job_id = uuid::Uuid::now_v7().to_string();
+    // Subscribe before asking, so no event of the job can be missed.
+    let mut events = client
+        .subscribe(format!("ferry.v1.events.*.{}", subjects::source_token(source)))
+        .await?;
+    let request = ManualRequest {
+        source: source.to_string(),
+        job_id: Some(job_id.clone()),
+        reason: Some("ferry backup now".into()),
+        ..Default::default()
+    };
+    let reply = client
+        .request(subjects::JOB_REQUEST, serde_json::to_vec(&request)?.into())
+        .await
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => anyhow::anyhow!(
+                "no scheduler is running: start `ferry up` (or ferry-scheduler) against the same NATS"
+            ),
+            _ => anyhow::anyhow!("the job request got no answer: {e}"),
+        })?;
+    let reply: ManualReply = serde_json::from_slice(&reply.payload)
+        .map_err(|e| anyhow::anyhow!("the scheduler's reply is not understood: {e}"))?;
+    if !reply.ok {
+        return Ok(Outcome::Failed(BackupFailed {
+            job_id: reply.job_id,
+            source: source.to_string(),
+            stage: Stage::Scheduler as i32,
+            reason: reply.reason.unwrap_or_default(),
+            message: reply.message.unwrap_or_default(),
+            attempt: 1,
+            r#final: true,
+            ..Default::default()
+        }));
+    }
+    let backup_id = reply.backup_id.unwrap_or_default();
+    let Some(wait) = wait else {
+        return Ok(Outcome::Queued { job_id, backup_id });
+    };
+    let follow = async {
+        while let Some(message) = events.next().await {
+            match EventKind::of_subject(&message.subject) {
+                Some(EventKind::Uploaded) => {
+                    let up = BackupUploaded::decode(message.payload.as_ref())?;
+                    if up.job_id == job_id {
+                        return Ok(Outcome::Succeeded(up));
+                    }
+                }
+                Some(EventKind::Failed) => {
+                    let failed = BackupFailed::decode(message.payload.as_ref())?;
+                    if failed.job_id == job_id && failed.r#final {
+                        return Ok(Outcome::Failed(failed));
+                    }
+                }
+                _ => {}
+            }
+        }
+        anyhow::bail!("the NATS connection closed before the job ended")
+    };
+    tokio::time::timeout(wait, follow).await.map_err(|_| {
+        anyhow::anyhow!("job {job_id} did not finish within {}s; it may still be running (see `ferry list`)", wait.as_secs())
+    })?
+}

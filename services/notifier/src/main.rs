@@ -1,0 +1,8 @@
+//! `ferry-notifier`: the notifier worker as its own process.
+
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    ferry_runtime::process::main("ferry-notifier", ferry_notifier::run).await
+}

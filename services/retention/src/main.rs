@@ -1,0 +1,8 @@
+//! `ferry-retention`: the retention worker as its own process.
+
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    ferry_runtime::process::main("ferry-retention", ferry_retention::run).await
+}

@@ -1,0 +1,8 @@
+//! `ferry-uploader`: the uploader worker as its own process.
+
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    ferry_runtime::process::main("ferry-uploader", ferry_uploader::run).await
+}
