@@ -19,6 +19,14 @@ pub enum NatsError {
         /// The client's error.
         source: async_nats::ConnectError,
     },
+    /// The server is older than Ferry supports.
+    #[error("NATS server {version} at {url} is too old: Ferry needs nats-server 2.10 or newer (JetStream key-value and consumer features)")]
+    ServerTooOld {
+        /// The server's version.
+        version: String,
+        /// The configured URL.
+        url: String,
+    },
     /// A token or credentials file named in the configuration is missing.
     #[error("failed to read NATS credentials: {0}")]
     Credentials(String),
@@ -60,13 +68,35 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Clie
     if let Some(ca) = &config.tls_ca_file {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
     }
-    options
+    let client = options
         .connect(config.url.as_str())
         .await
         .map_err(|source| NatsError::Connect {
             url: config.url.clone(),
             source,
-        })
+        })?;
+    let version = client.server_info().version;
+    if !server_is_supported(&version) {
+        return Err(NatsError::ServerTooOld { version, url: config.url.clone() });
+    }
+    Ok(client)
+}
+
+/// Whether a nats-server version is 2.10 or newer.
+fn server_is_supported(version: &str) -> bool {
+    let mut parts = version.trim_start_matches('v').split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (2, 10)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn server_versions_before_2_10_are_refused() {
+        for (v, ok) in [("2.9.10", false), ("2.10.0", true), ("2.15.1", true), ("3.0.0-beta", true), ("1.4", false)] {
+            assert_eq!(super::server_is_supported(v), ok, "{v}");
+        }
+    }
 }
 
 /// How long JetStream remembers message ids to drop duplicates. Scheduler replicas

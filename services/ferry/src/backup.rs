@@ -38,15 +38,24 @@ pub async fn now(client: &async_nats::Client, source: &str, wait: Option<Duratio
         reason: Some("ferry backup now".into()),
         ..Default::default()
     };
-    let reply = client
-        .request(subjects::JOB_REQUEST, serde_json::to_vec(&request)?.into())
-        .await
-        .map_err(|e| match e.kind() {
-            async_nats::RequestErrorKind::NoResponders => anyhow::anyhow!(
+    let body: bytes::Bytes = serde_json::to_vec(&request)?.into();
+    // A scheduler that is starting (`ferry up` a moment ago) has not subscribed yet:
+    // give it a few seconds before saying none runs. The request carries our job id,
+    // so asking twice cannot make two jobs.
+    let mut attempts = 0;
+    let reply = loop {
+        match client.request(subjects::JOB_REQUEST, body.clone()).await {
+            Ok(reply) => break reply,
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders && attempts < 20 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => anyhow::bail!(
                 "no scheduler is running: start `ferry up` (or ferry-scheduler) against the same NATS"
             ),
-            _ => anyhow::anyhow!("the job request got no answer: {e}"),
-        })?;
+            Err(e) => anyhow::bail!("the job request got no answer: {e}"),
+        }
+    };
     let reply: ManualReply = serde_json::from_slice(&reply.payload)
         .map_err(|e| anyhow::anyhow!("the scheduler's reply is not understood: {e}"))?;
     if !reply.ok {

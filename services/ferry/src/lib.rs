@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod list;
+pub mod restore;
 
 use ferry_runtime::Runtime;
 use tokio::task::JoinSet;

@@ -37,6 +37,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch a backup into a directory in the standard tools' layout.
+    Restore {
+        /// The source.
+        #[arg(long)]
+        source: String,
+        /// A backup id, or `latest`.
+        #[arg(long, default_value = "latest")]
+        backup: String,
+        /// Where to write it: one pg_dump directory archive per database, for
+        /// `pg_restore`.
+        #[arg(long)]
+        to_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -80,6 +93,7 @@ async fn main() -> ExitCode {
             backup_now(&config, &source, wait, timeout).await
         }
         Command::List { source, json } => list(&config, source.as_deref(), json).await,
+        Command::Restore { source, backup, to_dir } => restore_to_dir(&config, &source, &backup, &to_dir).await,
     };
     result.unwrap_or_else(|e| {
         eprintln!("ferry: {e:#}");
@@ -132,6 +146,28 @@ async fn list(config: &ferry_runtime::Config, source: Option<&str>, json: bool) 
         println!("{}", serde_json::to_string_pretty(&backups)?);
     } else {
         print!("{}", ferry::list::table(&backups));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn restore_to_dir(
+    config: &ferry_runtime::Config,
+    source: &str,
+    backup: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let store = ferry_runtime::store::open(&config.storage)?;
+    let manifest = ferry::restore::find_backup(store.as_ref(), source, backup).await?;
+    let bytes = ferry::restore::fetch_to_dir(store.as_ref(), &manifest, dir).await?;
+    eprintln!(
+        "restored backup {} of {} ({} files, {bytes} bytes, every SHA-256 checked) into {}",
+        manifest.backup_id,
+        source,
+        manifest.files.len(),
+        dir.display()
+    );
+    for db in &manifest.databases {
+        eprintln!("  pg_restore --dbname <target> {}", dir.join(db).display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -180,9 +180,12 @@ mod tests {
         let p = plan(&b, &policy, Tz::UTC);
         let count = |rule| p.keep.iter().filter(|d| d.rule == rule).count();
         assert_eq!(count("keep_last"), 3);
-        // The newest backup is already kept by keep_last; the other weekly, monthly
-        // and yearly picks are distinct backups.
-        assert_eq!(count("keep_weekly"), 3);
+        // The last backup is Tuesday 2026-03-10. keep_last keeps Tue, Mon and Sun
+        // 03-08, which are the newest of the last two ISO weeks, so keep_weekly adds
+        // only the Sundays of the two weeks before.
+        assert_eq!(count("keep_weekly"), 2);
+        assert!(p.keep.iter().any(|d| d.id.starts_with("2026-03-01") && d.rule == "keep_weekly"));
+        assert!(p.keep.iter().any(|d| d.id.starts_with("2026-02-22") && d.rule == "keep_weekly"));
         assert!(count("keep_monthly") >= 5);
         assert!(count("keep_yearly") >= 1);
         assert_eq!(p.keep.len() + p.delete.len(), 800);

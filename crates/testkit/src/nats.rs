@@ -1,0 +1,95 @@
+//! A real `nats-server` with JetStream, one per test, on a free port.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running nats-server, killed on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+/// The nats-server binary: `FERRY_TEST_NATS_SERVER`, then PATH, then Debian's path.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("FERRY_TEST_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/usr/local/sbin"]) {
+        let candidate = PathBuf::from(dir).join("nats-server");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("nats-server not found: run `scripts/test-services up`, which installs it")
+}
+
+impl NatsServer {
+    /// Starts a server with JetStream in a fresh directory and waits until it
+    /// accepts connections. `max_payload` is raised to 8 MiB so tests can send
+    /// oversized job requests that Ferry itself must refuse.
+    pub async fn start() -> NatsServer {
+        let dir = tempfile::tempdir().expect("temp dir for nats");
+        let port = crate::free_port();
+        let mut server = NatsServer { child: None, port, dir };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let config = self.dir.path().join("nats.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n}}\n",
+                self.port,
+                self.dir.path().join("js")
+            ),
+        )
+        .expect("write nats config");
+        let log = std::fs::File::create(self.dir.path().join("nats.log")).expect("nats log");
+        let child = Command::new(binary())
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn nats-server");
+        self.child = Some(child);
+        crate::wait_until("nats-server to accept connections", Duration::from_secs(20), || async {
+            async_nats::connect(self.url()).await.ok().map(|_| ())
+        })
+        .await;
+    }
+
+    /// The client URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// A new client connection.
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url()).await.expect("connect to test nats")
+    }
+
+    /// Stops the server (its data stays), e.g. to test readiness.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
