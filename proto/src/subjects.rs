@@ -76,7 +76,10 @@ impl EventKind {
 
     /// Parses the kind out of an event subject.
     pub fn of_subject(subject: &str) -> Option<EventKind> {
-        let token = subject.strip_prefix("ferry.v1.events.")?.split('.').next()?;
+        let token = subject
+            .strip_prefix("ferry.v1.events.")?
+            .split('.')
+            .next()?;
         EventKind::ALL.into_iter().find(|k| k.token() == token)
     }
 }
@@ -118,7 +121,17 @@ mod tests {
             EventKind::Failed.subject("orders"),
             "ferry.v1.events.failed.orders"
         );
-        for bad in ["", "Orders", "a.b", "a*", ">", "-x", "_x", "a b", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "Orders",
+            "a.b",
+            "a*",
+            ">",
+            "-x",
+            "_x",
+            "a b",
+            &"x".repeat(65),
+        ] {
             assert_eq!(
                 EventKind::Failed.subject(bad),
                 "ferry.v1.events.failed._invalid",

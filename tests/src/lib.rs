@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::Message;
+use ferry_proto::subjects::{self, EventKind};
 use ferry_runtime::{Config, Runtime};
 use ferry_testkit::{HttpReceiver, NatsServer, PgCluster, TestDatabase};
 use futures::StreamExt;
@@ -52,7 +52,11 @@ impl TestEnv {
         let pg = PgCluster::from_env();
         let db = pg.create_database("ferry_e2e").await;
         if !fill_sql.is_empty() {
-            db.connect().await.batch_execute(fill_sql).await.expect("fill the test database");
+            db.connect()
+                .await
+                .batch_execute(fill_sql)
+                .await
+                .expect("fill the test database");
         }
         let dir = tempfile::tempdir().expect("temp dir");
         let paths = Paths {
@@ -95,12 +99,25 @@ on = ["failed", "succeeded"]
             hook = webhook.url("/hook"),
             sources = sources(&paths),
         );
-        let config = Config::from_toml(&toml).unwrap_or_else(|e| panic!("test config is valid: {e}\n{toml}"));
+        let config = Config::from_toml(&toml)
+            .unwrap_or_else(|e| panic!("test config is valid: {e}\n{toml}"));
         let client = nats.client().await;
-        let rt = Runtime::with_client(config.clone(), client.clone()).await.expect("declare streams");
+        let rt = Runtime::with_client(config.clone(), client.clone())
+            .await
+            .expect("declare streams");
         let shutdown = CancellationToken::new();
         let ferry = tokio::spawn(ferry::run_all(rt, shutdown.clone()));
-        TestEnv { nats, client, pg, db, webhook, config, dir, shutdown, ferry: Some(ferry) }
+        TestEnv {
+            nats,
+            client,
+            pg,
+            db,
+            webhook,
+            config,
+            dir,
+            shutdown,
+            ferry: Some(ferry),
+        }
     }
 
     /// The store the workers write, opened the way `ferry list` opens it.
@@ -119,7 +136,10 @@ on = ["failed", "succeeded"]
         pred: impl Fn(&M) -> bool,
     ) -> M {
         let js = jetstream::new(self.client.clone());
-        let stream = js.get_stream(subjects::EVENTS_STREAM).await.expect("events stream");
+        let stream = js
+            .get_stream(subjects::EVENTS_STREAM)
+            .await
+            .expect("events stream");
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: kind.subject(source),
@@ -140,7 +160,8 @@ on = ["failed", "succeeded"]
             panic!("event stream ended")
         })
         .await;
-        found.unwrap_or_else(|_| panic!("no {} event for {source} within {timeout:?}", kind.token()))
+        found
+            .unwrap_or_else(|_| panic!("no {} event for {source} within {timeout:?}", kind.token()))
     }
 
     /// Whether Ferry is still running (no worker stopped).

@@ -2,11 +2,11 @@
 
 use std::net::SocketAddr;
 
+use axum::Router;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -26,7 +26,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("failed to listen on {listen} (http.listen): {e}"))
+        std::io::Error::new(
+            e.kind(),
+            format!("failed to listen on {listen} (http.listen): {e}"),
+        )
     })?;
     let addr = listener.local_addr()?;
     let app = Router::new()
@@ -49,13 +52,19 @@ pub async fn serve(
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     match state.nats.connection_state() {
         async_nats::connection::State::Connected => (StatusCode::OK, "ready\n".to_string()),
-        other => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: NATS is {other}\n")),
+        other => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: NATS is {other}\n"),
+        ),
     }
 }
 
 async fn metrics_text(State(state): State<HttpState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }

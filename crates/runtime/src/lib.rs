@@ -43,7 +43,10 @@ impl Runtime {
     }
 
     /// Uses an existing connection and declares the streams and buckets.
-    pub async fn with_client(config: Config, client: async_nats::Client) -> Result<Runtime, nats::NatsError> {
+    pub async fn with_client(
+        config: Config,
+        client: async_nats::Client,
+    ) -> Result<Runtime, nats::NatsError> {
         let jetstream = async_nats::jetstream::new(client.clone());
         nats::declare(&jetstream, &config.nats).await?;
         Ok(Runtime {

@@ -9,7 +9,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,7 +57,11 @@ impl Metrics {
             duration.clone(),
         );
         let in_flight = Family::<StageLabel, Gauge>::default();
-        registry.register("in_flight", "Messages being handled now, by stage", in_flight.clone());
+        registry.register(
+            "in_flight",
+            "Messages being handled now, by stage",
+            in_flight.clone(),
+        );
         Metrics {
             registry: Arc::new(Mutex::new(registry)),
             handled,
@@ -69,16 +73,26 @@ impl Metrics {
     /// Records one handled message.
     pub fn record(&self, stage: Stage, outcome: &'static str, elapsed: Duration) {
         self.handled
-            .get_or_create(&StageOutcome { stage: stage.name(), outcome })
+            .get_or_create(&StageOutcome {
+                stage: stage.name(),
+                outcome,
+            })
             .inc();
         self.duration
-            .get_or_create(&StageLabel { stage: stage.name() })
+            .get_or_create(&StageLabel {
+                stage: stage.name(),
+            })
             .observe(elapsed.as_secs_f64());
     }
 
     /// Counts a message as in flight until the guard is dropped.
     pub fn in_flight(&self, stage: Stage) -> InFlightGuard {
-        let gauge = self.in_flight.get_or_create(&StageLabel { stage: stage.name() }).clone();
+        let gauge = self
+            .in_flight
+            .get_or_create(&StageLabel {
+                stage: stage.name(),
+            })
+            .clone();
         gauge.inc();
         InFlightGuard(gauge)
     }
@@ -92,7 +106,8 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let registry = self.registry.lock().expect("metrics registry lock");
-        prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }

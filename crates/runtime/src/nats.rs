@@ -20,7 +20,9 @@ pub enum NatsError {
         source: async_nats::ConnectError,
     },
     /// The server is older than Ferry supports.
-    #[error("NATS server {version} at {url} is too old: Ferry needs nats-server 2.10 or newer (JetStream key-value and consumer features)")]
+    #[error(
+        "NATS server {version} at {url} is too old: Ferry needs nats-server 2.10 or newer (JetStream key-value and consumer features)"
+    )]
     ServerTooOld {
         /// The server's version.
         version: String,
@@ -61,7 +63,9 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Clie
     }
     if let Some(var) = &config.token_env {
         let token = std::env::var(var).map_err(|_| {
-            NatsError::Credentials(format!("environment variable {var} (nats.token_env) is not set"))
+            NatsError::Credentials(format!(
+                "environment variable {var} (nats.token_env) is not set"
+            ))
         })?;
         options = options.token(token);
     }
@@ -77,26 +81,22 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Clie
         })?;
     let version = client.server_info().version;
     if !server_is_supported(&version) {
-        return Err(NatsError::ServerTooOld { version, url: config.url.clone() });
+        return Err(NatsError::ServerTooOld {
+            version,
+            url: config.url.clone(),
+        });
     }
     Ok(client)
 }
 
 /// Whether a nats-server version is 2.10 or newer.
 fn server_is_supported(version: &str) -> bool {
-    let mut parts = version.trim_start_matches('v').split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     (major, minor) >= (2, 10)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn server_versions_before_2_10_are_refused() {
-        for (v, ok) in [("2.9.10", false), ("2.10.0", true), ("2.15.1", true), ("3.0.0-beta", true), ("1.4", false)] {
-            assert_eq!(super::server_is_supported(v), ok, "{v}");
-        }
-    }
 }
 
 /// How long JetStream remembers message ids to drop duplicates. Scheduler replicas
@@ -133,15 +133,30 @@ pub async fn declare(js: &jetstream::Context, config: &NatsConfig) -> Result<(),
             ..Default::default()
         },
     ];
-    for (cfg, name) in streams.into_iter().zip([subjects::JOBS_STREAM, subjects::EVENTS_STREAM]) {
+    for (cfg, name) in streams
+        .into_iter()
+        .zip([subjects::JOBS_STREAM, subjects::EVENTS_STREAM])
+    {
         js.get_or_create_stream(cfg)
             .await
             .map_err(|source| NatsError::Stream { name, source })?;
     }
     let buckets = [
-        (subjects::SOURCES_BUCKET, "Ferry sources registry", Duration::ZERO),
-        (subjects::LOCKS_BUCKET, "Ferry per-source leases", Duration::from_secs(120)),
-        (subjects::NOTIFIED_BUCKET, "Ferry notifications already sent", config.events_max_age),
+        (
+            subjects::SOURCES_BUCKET,
+            "Ferry sources registry",
+            Duration::ZERO,
+        ),
+        (
+            subjects::LOCKS_BUCKET,
+            "Ferry per-source leases",
+            Duration::from_secs(120),
+        ),
+        (
+            subjects::NOTIFIED_BUCKET,
+            "Ferry notifications already sent",
+            config.events_max_age,
+        ),
     ];
     for (bucket, description, max_age) in buckets {
         if js.get_key_value(bucket).await.is_ok() {
@@ -156,7 +171,26 @@ pub async fn declare(js: &jetstream::Context, config: &NatsConfig) -> Result<(),
             ..Default::default()
         })
         .await
-        .map_err(|source| NatsError::Bucket { name: bucket, source })?;
+        .map_err(|source| NatsError::Bucket {
+            name: bucket,
+            source,
+        })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn server_versions_before_2_10_are_refused() {
+        for (v, ok) in [
+            ("2.9.10", false),
+            ("2.10.0", true),
+            ("2.15.1", true),
+            ("3.0.0-beta", true),
+            ("1.4", false),
+        ] {
+            assert_eq!(super::server_is_supported(v), ok, "{v}");
+        }
+    }
 }

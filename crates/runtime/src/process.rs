@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, LogFormatConfig};
 use crate::Runtime;
+use crate::config::{Config, LogFormatConfig};
 
 /// Exit code for an invalid configuration (nothing was started).
 pub const EXIT_CONFIG: u8 = 2;
@@ -38,7 +38,10 @@ pub fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
 }
 
 /// Sets up telemetry for `service` from the configuration.
-pub fn init_telemetry(config: &Config, service: &str) -> Result<ferry_telemetry::TelemetryGuard, ExitCode> {
+pub fn init_telemetry(
+    config: &Config,
+    service: &str,
+) -> Result<ferry_telemetry::TelemetryGuard, ExitCode> {
     ferry_telemetry::init(&ferry_telemetry::TelemetryOptions {
         service_name: service.to_string(),
         otlp_endpoint: config.telemetry.otlp_endpoint.clone(),
@@ -54,7 +57,11 @@ pub fn init_telemetry(config: &Config, service: &str) -> Result<ferry_telemetry:
 }
 
 /// Connects to NATS, declares the streams, and serves the health endpoints.
-pub async fn connect(config: Config, service: &str, shutdown: &CancellationToken) -> anyhow::Result<Runtime> {
+pub async fn connect(
+    config: Config,
+    service: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Runtime> {
     let rt = Runtime::connect(config, service).await?;
     if !rt.config.http.listen.is_empty() {
         let addr = rt.config.http.listen.parse()?;

@@ -1,8 +1,8 @@
 //! The only way Ferry publishes to JetStream: every message carries the current trace
 //! context and a `Nats-Msg-Id`, and publishing waits for the stream's acknowledgement.
 
-use async_nats::jetstream;
 use async_nats::HeaderMap;
+use async_nats::jetstream;
 use bytes::Bytes;
 use ferry_proto::subjects::EventKind;
 
@@ -20,7 +20,12 @@ pub struct Outgoing {
 
 impl Outgoing {
     /// An event of `kind` about `source`.
-    pub fn event(kind: EventKind, source: &str, message: &impl prost::Message, msg_id: String) -> Self {
+    pub fn event(
+        kind: EventKind,
+        source: &str,
+        message: &impl prost::Message,
+        msg_id: String,
+    ) -> Self {
         Outgoing {
             subject: kind.subject(source),
             payload: message.encode_to_vec().into(),

@@ -10,10 +10,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, AckKind};
+use async_nats::jetstream::{self, AckKind, consumer};
 use ferry_proto::subjects::EventKind;
 use ferry_proto::v1::{BackupFailed, Stage};
-use ferry_proto::{reason, JobMessage};
+use ferry_proto::{JobMessage, reason};
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -46,25 +46,35 @@ pub enum HandlerError {
 impl HandlerError {
     /// A retryable error.
     pub fn retryable(reason: &'static str, message: impl Into<String>) -> Self {
-        HandlerError::Retryable { reason, message: message.into() }
+        HandlerError::Retryable {
+            reason,
+            message: message.into(),
+        }
     }
 
     /// A permanent error.
     pub fn permanent(reason: &'static str, message: impl Into<String>) -> Self {
-        HandlerError::Permanent { reason, message: message.into() }
+        HandlerError::Permanent {
+            reason,
+            message: message.into(),
+        }
     }
 
     /// The reason code.
     pub fn reason(&self) -> &'static str {
         match self {
-            HandlerError::Retryable { reason, .. } | HandlerError::Permanent { reason, .. } => reason,
+            HandlerError::Retryable { reason, .. } | HandlerError::Permanent { reason, .. } => {
+                reason
+            }
         }
     }
 
     /// The human message.
     pub fn message(&self) -> &str {
         match self {
-            HandlerError::Retryable { message, .. } | HandlerError::Permanent { message, .. } => message,
+            HandlerError::Retryable { message, .. } | HandlerError::Permanent { message, .. } => {
+                message
+            }
         }
     }
 }
@@ -108,7 +118,11 @@ pub trait Handler: Send + Sync + 'static {
     /// The consumer to read from.
     fn consumer(&self) -> ConsumerSpec;
     /// Decodes a message; `Ok(None)` means "not for this handler" (acked, skipped).
-    fn decode(&self, subject: &str, payload: &[u8]) -> Result<Option<Self::Input>, prost::DecodeError>;
+    fn decode(
+        &self,
+        subject: &str,
+        payload: &[u8],
+    ) -> Result<Option<Self::Input>, prost::DecodeError>;
     /// Does the work and returns the events to publish before the ack.
     fn handle(
         &self,
@@ -160,7 +174,10 @@ pub enum RunnerError {
 /// The delay before the next attempt after `attempt` failed.
 pub fn backoff(options: &RunnerOptions, attempt: u32) -> Duration {
     let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
-    options.base_backoff.saturating_mul(factor).min(options.max_backoff)
+    options
+        .base_backoff
+        .saturating_mul(factor)
+        .min(options.max_backoff)
 }
 
 /// Runs `handler` until `shutdown` is cancelled, then waits up to the grace period for
@@ -179,7 +196,10 @@ pub async fn run<H: Handler>(
         durable: spec.durable.clone(),
         message: e.to_string(),
     };
-    let stream = js.get_stream(spec.stream).await.map_err(|e| consumer_err(&e))?;
+    let stream = js
+        .get_stream(spec.stream)
+        .await
+        .map_err(|e| consumer_err(&e))?;
     let consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(
             &spec.durable,
@@ -278,7 +298,10 @@ struct Delivery<H> {
 impl<H: Handler> Delivery<H> {
     async fn process(self, message: jetstream::Message) {
         let stage = H::STAGE;
-        let attempt = message.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
+        let attempt = message
+            .info()
+            .map(|i| i.delivered.max(1) as u32)
+            .unwrap_or(1);
         let subject = message.subject.to_string();
         let span = tracing::info_span!(
             "handle",
@@ -298,7 +321,13 @@ impl<H: Handler> Delivery<H> {
             .await
     }
 
-    async fn process_in_span(self, message: jetstream::Message, subject: String, attempt: u32, span: Span) {
+    async fn process_in_span(
+        self,
+        message: jetstream::Message,
+        subject: String,
+        attempt: u32,
+        span: Span,
+    ) {
         let stage = H::STAGE;
         let input = match self.handler.decode(&subject, &message.payload) {
             Ok(Some(input)) => input,
@@ -315,13 +344,22 @@ impl<H: Handler> Delivery<H> {
                     occurred_at: Some(ferry_proto::now()),
                     stage: stage as i32,
                     reason: reason::MALFORMED_MESSAGE.into(),
-                    message: format!("message on {subject} is not a valid protobuf message ({e}); it was dropped"),
+                    message: format!(
+                        "message on {subject} is not a valid protobuf message ({e}); it was dropped"
+                    ),
                     attempt,
                     r#final: true,
                     backup_id: String::new(),
                 };
-                let msg_id = format!("malformed/{}/{}", stage.name(), message.info().map(|i| i.stream_sequence).unwrap_or(0));
-                let _ = self.publisher.publish(&Outgoing::event(EventKind::Failed, "", &failed, msg_id)).await;
+                let msg_id = format!(
+                    "malformed/{}/{}",
+                    stage.name(),
+                    message.info().map(|i| i.stream_sequence).unwrap_or(0)
+                );
+                let _ = self
+                    .publisher
+                    .publish(&Outgoing::event(EventKind::Failed, "", &failed, msg_id))
+                    .await;
                 self.metrics.record(stage, "malformed", Duration::ZERO);
                 ack(&message, AckKind::Term).await;
                 return;
@@ -348,7 +386,10 @@ impl<H: Handler> Delivery<H> {
         };
         let _in_flight = self.metrics.in_flight(stage);
         let started = Instant::now();
-        let ctx = JobContext { attempt, cancel: self.cancel.clone() };
+        let ctx = JobContext {
+            attempt,
+            cancel: self.cancel.clone(),
+        };
         let result = self.handler.handle(input, ctx).await;
         progress.abort();
         let elapsed = started.elapsed();
@@ -362,7 +403,11 @@ impl<H: Handler> Delivery<H> {
                 Err(e) => {
                     tracing::warn!(error = %e, "follow-up events not published; will retry");
                     self.metrics.record(stage, "retried", elapsed);
-                    ack(&message, AckKind::Nak(Some(backoff(&self.options, attempt)))).await;
+                    ack(
+                        &message,
+                        AckKind::Nak(Some(backoff(&self.options, attempt))),
+                    )
+                    .await;
                 }
             },
             Err(err) => {
@@ -375,7 +420,12 @@ impl<H: Handler> Delivery<H> {
                     ack(&message, AckKind::Nak(Some(delay))).await;
                     return;
                 }
-                tracing::error!(reason = err.reason(), error = err.message(), attempt, "job failed");
+                tracing::error!(
+                    reason = err.reason(),
+                    error = err.message(),
+                    attempt,
+                    "job failed"
+                );
                 let message_text = if exhausted && matches!(err, HandlerError::Retryable { .. }) {
                     format!("{} (gave up after {attempt} attempts)", err.message())
                 } else {
@@ -393,7 +443,16 @@ impl<H: Handler> Delivery<H> {
                     backup_id,
                 };
                 let msg_id = format!("{job_id}/failed/{}", stage.name());
-                match self.publisher.publish(&Outgoing::event(EventKind::Failed, &source, &failed, msg_id)).await {
+                match self
+                    .publisher
+                    .publish(&Outgoing::event(
+                        EventKind::Failed,
+                        &source,
+                        &failed,
+                        msg_id,
+                    ))
+                    .await
+                {
                     Ok(()) => {
                         self.metrics.record(stage, "failed", elapsed);
                         ack(&message, AckKind::Term).await;
@@ -402,7 +461,11 @@ impl<H: Handler> Delivery<H> {
                         // The failure must be reported: retry the whole delivery rather
                         // than terminate silently.
                         tracing::warn!(error = %e, "failure event not published; will retry");
-                        ack(&message, AckKind::Nak(Some(backoff(&self.options, attempt)))).await;
+                        ack(
+                            &message,
+                            AckKind::Nak(Some(backoff(&self.options, attempt))),
+                        )
+                        .await;
                     }
                 }
             }

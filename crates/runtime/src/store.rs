@@ -11,7 +11,10 @@ pub fn open(config: &StorageConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
     match config.kind {
         StorageKind::Fs => {
             let store = FsStore::new(&config.path, &config.prefix).map_err(|e| {
-                anyhow::anyhow!("failed to open the store directory {} (storage.path): {e}", config.path.display())
+                anyhow::anyhow!(
+                    "failed to open the store directory {} (storage.path): {e}",
+                    config.path.display()
+                )
             })?;
             Ok(Arc::new(store))
         }

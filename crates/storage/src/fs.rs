@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
-use crate::{check_key, Body, ObjectMeta, ObjectStore, StorageError};
+use crate::{Body, ObjectMeta, ObjectStore, StorageError, check_key};
 
 /// Temporary files live here until renamed into place, so a crash mid-write never
 /// leaves a partial object under its final key. `list` skips this directory.
@@ -22,7 +22,11 @@ pub struct FsStore {
 impl FsStore {
     /// A store rooted at `path/prefix`, created if missing.
     pub fn new(path: &Path, prefix: &str) -> std::io::Result<Self> {
-        let root = if prefix.is_empty() { path.to_path_buf() } else { path.join(prefix) };
+        let root = if prefix.is_empty() {
+            path.to_path_buf()
+        } else {
+            path.join(prefix)
+        };
         std::fs::create_dir_all(root.join(TMP_DIR))?;
         Ok(FsStore { root })
     }
@@ -30,13 +34,18 @@ impl FsStore {
     fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
         check_key(key)?;
         if key == TMP_DIR || key.starts_with(".tmp/") {
-            return Err(StorageError::InvalidKey { key: key.into(), why: "reserved" });
+            return Err(StorageError::InvalidKey {
+                key: key.into(),
+                why: "reserved",
+            });
         }
         Ok(self.root.join(key))
     }
 
     fn temp_path(&self) -> PathBuf {
-        self.root.join(TMP_DIR).join(uuid::Uuid::now_v7().to_string())
+        self.root
+            .join(TMP_DIR)
+            .join(uuid::Uuid::now_v7().to_string())
     }
 
     async fn write_temp(&self, key: &str, mut body: Body) -> Result<(PathBuf, u64), StorageError> {
@@ -83,7 +92,9 @@ impl ObjectStore for FsStore {
 
     async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<bool, StorageError> {
         let path = self.path(key)?;
-        let (tmp, _) = self.write_temp(key, Box::new(std::io::Cursor::new(bytes))).await?;
+        let (tmp, _) = self
+            .write_temp(key, Box::new(std::io::Cursor::new(bytes)))
+            .await?;
         ensure_parent(&path, key).await?;
         // A hard link fails if the target exists: an atomic create-if-absent that
         // never exposes a partial file.
@@ -101,7 +112,10 @@ impl ObjectStore for FsStore {
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| StorageError::io("get", key, e))?;
-        Ok(Box::new(tokio::io::BufReader::with_capacity(256 * 1024, file)))
+        Ok(Box::new(tokio::io::BufReader::with_capacity(
+            256 * 1024,
+            file,
+        )))
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
@@ -130,14 +144,23 @@ impl ObjectStore for FsStore {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(StorageError::io("list", prefix, e)),
             };
-            while let Some(entry) = entries.next_entry().await.map_err(|e| StorageError::io("list", prefix, e))? {
+            while let Some(entry) = entries
+                .next_entry()
+                .await
+                .map_err(|e| StorageError::io("list", prefix, e))?
+            {
                 let path = entry.path();
-                let rel = path.strip_prefix(&self.root).expect("walk stays under the root");
+                let rel = path
+                    .strip_prefix(&self.root)
+                    .expect("walk stays under the root");
                 let key = rel.to_string_lossy().replace('\\', "/");
                 if key == TMP_DIR {
                     continue;
                 }
-                let meta = entry.metadata().await.map_err(|e| StorageError::io("list", prefix, e))?;
+                let meta = entry
+                    .metadata()
+                    .await
+                    .map_err(|e| StorageError::io("list", prefix, e))?;
                 if meta.is_dir() {
                     if key.starts_with(prefix) || prefix.starts_with(&format!("{key}/")) {
                         stack.push(path);
@@ -146,7 +169,9 @@ impl ObjectStore for FsStore {
                     out.push(ObjectMeta {
                         key,
                         size: meta.len(),
-                        modified: meta.modified().map_err(|e| StorageError::io("list", prefix, e))?,
+                        modified: meta
+                            .modified()
+                            .map_err(|e| StorageError::io("list", prefix, e))?,
                     });
                 }
             }

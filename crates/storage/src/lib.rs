@@ -70,17 +70,28 @@ pub enum StorageError {
 impl StorageError {
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StorageError::Backend { retryable: true, .. })
+        matches!(
+            self,
+            StorageError::Backend {
+                retryable: true,
+                ..
+            }
+        )
     }
 
     pub(crate) fn io(op: &'static str, key: &str, err: std::io::Error) -> Self {
         use std::io::ErrorKind::*;
         if err.kind() == NotFound {
-            return StorageError::NotFound { key: key.to_string() };
+            return StorageError::NotFound {
+                key: key.to_string(),
+            };
         }
         // A full disk or a permission problem will not fix itself on retry; other I/O
         // errors (interrupted, timed out) may.
-        let retryable = !matches!(err.kind(), PermissionDenied | StorageFull | ReadOnlyFilesystem | InvalidInput);
+        let retryable = !matches!(
+            err.kind(),
+            PermissionDenied | StorageFull | ReadOnlyFilesystem | InvalidInput
+        );
         StorageError::Backend {
             op,
             key: key.to_string(),
@@ -126,13 +137,19 @@ pub(crate) fn check_key(key: &str) -> Result<(), StorageError> {
         Some("empty")
     } else if key.starts_with('/') {
         Some("absolute")
-    } else if key.split('/').any(|part| part == ".." || part == "." || part.is_empty()) {
+    } else if key
+        .split('/')
+        .any(|part| part == ".." || part == "." || part.is_empty())
+    {
         Some("contains an empty, `.` or `..` segment")
     } else {
         None
     };
     match why {
-        Some(why) => Err(StorageError::InvalidKey { key: key.to_string(), why }),
+        Some(why) => Err(StorageError::InvalidKey {
+            key: key.to_string(),
+            why,
+        }),
         None => Ok(()),
     }
 }

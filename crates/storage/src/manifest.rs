@@ -62,7 +62,8 @@ pub struct ManifestFile {
 impl Manifest {
     /// Parses a manifest, refusing formats newer than this build understands.
     pub fn from_json(bytes: &[u8]) -> Result<Manifest, String> {
-        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("invalid manifest: {e}"))?;
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| format!("invalid manifest: {e}"))?;
         if m.format > FORMAT_VERSION {
             return Err(format!(
                 "manifest format {} is newer than this Ferry understands ({FORMAT_VERSION}): upgrade Ferry",

@@ -1,9 +1,9 @@
 //! W3C trace context (`traceparent`, `tracestate`) in NATS message headers.
 
 use async_nats::HeaderMap;
+use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TraceContextExt;
-use opentelemetry::Context;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Writes trace context into NATS headers.

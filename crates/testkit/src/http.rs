@@ -3,11 +3,11 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use axum::Router;
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -45,7 +45,9 @@ impl HttpReceiver {
         let app = Router::new()
             .route("/{*path}", post(record))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
         let addr = listener.local_addr().expect("receiver address");
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -70,6 +72,14 @@ async fn record(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    shared.requests.lock().expect("receiver lock").push(ReceivedRequest { path, headers, body });
+    shared
+        .requests
+        .lock()
+        .expect("receiver lock")
+        .push(ReceivedRequest {
+            path,
+            headers,
+            body,
+        });
     StatusCode::OK
 }

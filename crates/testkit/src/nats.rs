@@ -11,12 +11,30 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
 }
 
-/// The nats-server binary: `FERRY_TEST_NATS_SERVER`, then PATH, then Debian's path.
+/// The nats-server binary: `FERRY_TEST_NATS_SERVER`, then the one
+/// `scripts/test-services up` installs (2.10 or newer), then PATH.
 pub fn binary() -> PathBuf {
     if let Some(p) = std::env::var_os("FERRY_TEST_NATS_SERVER") {
         return PathBuf::from(p);
     }
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/sbin", "/usr/local/sbin"]) {
+    let home = std::env::var_os("FERRY_TEST_HOME")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+            Some(cache.join("ferry-test"))
+        });
+    if let Some(candidate) = home.map(|h| h.join("venv/bin/nats-server"))
+        && candidate.is_file()
+    {
+        return candidate;
+    }
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/local/sbin"])
+    {
         let candidate = PathBuf::from(dir).join("nats-server");
         if candidate.is_file() {
             return candidate;
@@ -32,7 +50,11 @@ impl NatsServer {
     pub async fn start() -> NatsServer {
         let dir = tempfile::tempdir().expect("temp dir for nats");
         let port = crate::free_port();
-        let mut server = NatsServer { child: None, port, dir };
+        let mut server = NatsServer {
+            child: None,
+            port,
+            dir,
+        };
         server.spawn().await;
         server
     }
@@ -57,9 +79,11 @@ impl NatsServer {
             .spawn()
             .expect("spawn nats-server");
         self.child = Some(child);
-        crate::wait_until("nats-server to accept connections", Duration::from_secs(20), || async {
-            async_nats::connect(self.url()).await.ok().map(|_| ())
-        })
+        crate::wait_until(
+            "nats-server to accept connections",
+            Duration::from_secs(20),
+            || async { async_nats::connect(self.url()).await.ok().map(|_| ()) },
+        )
         .await;
     }
 
@@ -70,7 +94,9 @@ impl NatsServer {
 
     /// A new client connection.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connect to test nats")
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to test nats")
     }
 
     /// Stops the server (its data stays), e.g. to test readiness.

@@ -32,13 +32,19 @@ impl PgCluster {
         let url = std::env::var("FERRY_TEST_PG_URL")
             .unwrap_or_else(|_| "postgres://postgres:ferry-test@127.0.0.1:55432/postgres".into());
         let parsed = url::Url::parse(&url).expect("FERRY_TEST_PG_URL is a URL");
-        let bin_dir = std::env::var_os("FERRY_TEST_PG_BIN").map(PathBuf::from).unwrap_or_else(|| {
-            let mut majors: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
-                .unwrap_or_default();
-            majors.sort();
-            majors.pop().unwrap_or_else(|| PathBuf::from("/usr/bin"))
-        });
+        let bin_dir = std::env::var_os("FERRY_TEST_PG_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let mut majors: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+                    .map(|d| {
+                        d.filter_map(|e| e.ok())
+                            .map(|e| e.path().join("bin"))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                majors.sort();
+                majors.pop().unwrap_or_else(|| PathBuf::from("/usr/bin"))
+            });
         PgCluster {
             host: parsed.host_str().unwrap_or("127.0.0.1").to_string(),
             port: parsed.port().unwrap_or(5432),
@@ -55,14 +61,22 @@ impl PgCluster {
 
     /// A URL for `db` with the password (for test clients).
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://{}:{}@{}:{}/{db}", self.user, self.password, self.host, self.port)
+        format!(
+            "postgres://{}:{}@{}:{}/{db}",
+            self.user, self.password, self.host, self.port
+        )
     }
 
     /// Connects to `db`.
     pub async fn connect(&self, db: &str) -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::connect(&self.url(db), tokio_postgres::NoTls)
             .await
-            .unwrap_or_else(|e| panic!("connect to test postgres {}:{} ({e}): run `scripts/test-services up`", self.host, self.port));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "connect to test postgres {}:{} ({e}): run `scripts/test-services up`",
+                    self.host, self.port
+                )
+            });
         tokio::spawn(connection);
         client
     }
@@ -75,7 +89,10 @@ impl PgCluster {
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .await
             .expect("create test database");
-        TestDatabase { name, cluster: self.clone() }
+        TestDatabase {
+            name,
+            cluster: self.clone(),
+        }
     }
 }
 

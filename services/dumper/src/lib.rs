@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{DumpCompleted, DumpFile, Engine, JobRequested, SpoolLocation, Stage};
-use ferry_proto::{reason, Message};
+use ferry_proto::{Message, reason};
 use ferry_runtime::config::{EngineKind, SourceConfig};
-use ferry_runtime::secrets::{read_secret, SecretSource};
-use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime, RunnerOptions};
-use ferry_storage::spool::{hash_file, list_files, DirSpool};
+use ferry_runtime::secrets::{SecretSource, read_secret};
+use ferry_runtime::{
+    ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, RunnerOptions, Runtime,
+};
+use ferry_storage::spool::{DirSpool, hash_file, list_files};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +39,12 @@ impl Dumper {
         let spool = DirSpool::new(&rt.config.spool.path)?;
         let node = spool_node(&rt);
         let pg = PgTools::new(rt.config.dumper.pg_bin_dir.clone());
-        Ok(Dumper { rt, spool, node, pg })
+        Ok(Dumper {
+            rt,
+            spool,
+            node,
+            pg,
+        })
     }
 
     fn marker(&self, job_id: &str) -> std::io::Result<PathBuf> {
@@ -63,10 +70,20 @@ pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()>
         ..Default::default()
     };
     let handler = Arc::new(Dumper::new(rt.clone()).map_err(|e| {
-        anyhow::anyhow!("failed to create the spool directory {}: {e}", rt.config.spool.path.display())
+        anyhow::anyhow!(
+            "failed to create the spool directory {}: {e}",
+            rt.config.spool.path.display()
+        )
     })?);
-    ferry_runtime::runner::run(handler, rt.jetstream.clone(), rt.publisher.clone(), rt.metrics.clone(), options, shutdown)
-        .await?;
+    ferry_runtime::runner::run(
+        handler,
+        rt.jetstream.clone(),
+        rt.publisher.clone(),
+        rt.metrics.clone(),
+        options,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 
@@ -84,19 +101,37 @@ impl Handler for Dumper {
         }
     }
 
-    fn decode(&self, _subject: &str, payload: &[u8]) -> Result<Option<JobRequested>, prost::DecodeError> {
+    fn decode(
+        &self,
+        _subject: &str,
+        payload: &[u8],
+    ) -> Result<Option<JobRequested>, prost::DecodeError> {
         JobRequested::decode(payload).map(Some)
     }
 
-    async fn handle(&self, job: JobRequested, ctx: JobContext) -> Result<Vec<Outgoing>, HandlerError> {
+    async fn handle(
+        &self,
+        job: JobRequested,
+        ctx: JobContext,
+    ) -> Result<Vec<Outgoing>, HandlerError> {
         let source = self.rt.config.source(&job.source).ok_or_else(|| {
             HandlerError::permanent(
                 reason::UNKNOWN_SOURCE,
-                format!("source {:?} is not configured on this dumper: add it to [[sources]]", job.source),
+                format!(
+                    "source {:?} is not configured on this dumper: add it to [[sources]]",
+                    job.source
+                ),
             )
         })?;
-        let spool_err = |e: std::io::Error| HandlerError::retryable(reason::SPOOL_ERROR, format!("spool {}: {e}", self.spool.root().display()));
-        let marker = self.marker(&job.job_id).map_err(|e| HandlerError::permanent(reason::MALFORMED_MESSAGE, e.to_string()))?;
+        let spool_err = |e: std::io::Error| {
+            HandlerError::retryable(
+                reason::SPOOL_ERROR,
+                format!("spool {}: {e}", self.spool.root().display()),
+            )
+        };
+        let marker = self
+            .marker(&job.job_id)
+            .map_err(|e| HandlerError::permanent(reason::MALFORMED_MESSAGE, e.to_string()))?;
         if let Ok(bytes) = tokio::fs::read(&marker).await
             && let Ok(done) = DumpCompleted::decode(bytes.as_slice())
         {
@@ -117,7 +152,9 @@ impl Handler for Dumper {
         let job_dir = self.spool.job_dir(&job.job_id).map_err(spool_err)?;
         // A directory without a marker is what a crashed attempt left: start over.
         let _ = tokio::fs::remove_dir_all(&job_dir).await;
-        tokio::fs::create_dir_all(&job_dir).await.map_err(spool_err)?;
+        tokio::fs::create_dir_all(&job_dir)
+            .await
+            .map_err(spool_err)?;
 
         let started_at = chrono::Utc::now();
         let clock = Instant::now();
@@ -142,8 +179,17 @@ impl Handler for Dumper {
         let names = list_files(&job_dir).map_err(spool_err)?;
         for name in names {
             let (size, sha256) = hash_file(&job_dir.join(&name)).await.map_err(spool_err)?;
-            let compression = if name.ends_with(".gz") { "gzip" } else { "none" };
-            files.push(DumpFile { name, size, sha256, compression: compression.into() });
+            let compression = if name.ends_with(".gz") {
+                "gzip"
+            } else {
+                "none"
+            };
+            files.push(DumpFile {
+                name,
+                size,
+                sha256,
+                compression: compression.into(),
+            });
         }
         let done = DumpCompleted {
             job_id: job.job_id.clone(),
@@ -154,14 +200,24 @@ impl Handler for Dumper {
             server_version,
             tool_version,
             files,
-            spool: Some(SpoolLocation { node: self.node.clone(), path: job_dir.display().to_string() }),
+            spool: Some(SpoolLocation {
+                node: self.node.clone(),
+                path: job_dir.display().to_string(),
+            }),
             started_at: Some(ferry_proto::to_timestamp(started_at)),
             duration_ms: clock.elapsed().as_millis() as u64,
             databases,
         };
-        tokio::fs::write(&marker, done.encode_to_vec()).await.map_err(spool_err)?;
+        tokio::fs::write(&marker, done.encode_to_vec())
+            .await
+            .map_err(spool_err)?;
         let bytes: u64 = done.files.iter().map(|f| f.size).sum();
-        tracing::info!(files = done.files.len(), bytes, duration_ms = done.duration_ms, "dump completed");
+        tracing::info!(
+            files = done.files.len(),
+            bytes,
+            duration_ms = done.duration_ms,
+            "dump completed"
+        );
         Ok(vec![completed_event(&done)])
     }
 }
@@ -175,17 +231,29 @@ impl Dumper {
     ) -> Result<(String, String, Vec<String>), HandlerError> {
         let password = password_of(source)?;
         match source.engine {
-            EngineKind::Postgres => self.pg.dump(source, password.as_ref(), &job.databases, job_dir).await,
+            EngineKind::Postgres => {
+                self.pg
+                    .dump(source, password.as_ref(), &job.databases, job_dir)
+                    .await
+            }
             EngineKind::Mongodb => Err(HandlerError::permanent(
                 reason::UNSUPPORTED_ENGINE,
-                format!("source {}: MongoDB dumps are not available in this version of the dumper", source.name),
+                format!(
+                    "source {}: MongoDB dumps are not available in this version of the dumper",
+                    source.name
+                ),
             )),
         }
     }
 }
 
 fn completed_event(done: &DumpCompleted) -> Outgoing {
-    Outgoing::event(EventKind::Dumped, &done.source, done, format!("{}/dumped", done.job_id))
+    Outgoing::event(
+        EventKind::Dumped,
+        &done.source,
+        done,
+        format!("{}/dumped", done.job_id),
+    )
 }
 
 fn timeout_error(source: &SourceConfig) -> HandlerError {
@@ -215,6 +283,9 @@ fn password_of(source: &SourceConfig) -> Result<Option<SecretString>, HandlerErr
         (None, None) => return Ok(None),
     };
     read_secret(from).map(Some).map_err(|e| {
-        HandlerError::permanent(reason::CREDENTIALS_MISSING, format!("password of source {}: {e}", source.name))
+        HandlerError::permanent(
+            reason::CREDENTIALS_MISSING,
+            format!("password of source {}: {e}", source.name),
+        )
     })
 }

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use ferry_proto::reason;
-use ferry_runtime::config::SourceConfig;
 use ferry_runtime::HandlerError;
+use ferry_runtime::config::SourceConfig;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::io::AsyncReadExt;
 use tokio_postgres::error::SqlState;
@@ -87,7 +87,10 @@ impl PgTools {
         out_dir: &Path,
     ) -> Result<(), HandlerError> {
         let mut url = url::Url::parse(&source.url).map_err(|e| {
-            HandlerError::permanent(reason::DUMP_FAILED, format!("source {}: invalid url: {e}", source.name))
+            HandlerError::permanent(
+                reason::DUMP_FAILED,
+                format!("source {}: invalid url: {e}", source.name),
+            )
         })?;
         url.set_path(&format!("/{db}"));
         let mut cmd = tokio::process::Command::new(self.tool("pg_dump"));
@@ -125,7 +128,9 @@ impl PgTools {
             String::from_utf8_lossy(&kept).into_owned()
         };
         let (status, stderr) = tokio::join!(child.wait(), read_stderr);
-        let status = status.map_err(|e| HandlerError::retryable(reason::DUMP_FAILED, format!("waiting for pg_dump: {e}")))?;
+        let status = status.map_err(|e| {
+            HandlerError::retryable(reason::DUMP_FAILED, format!("waiting for pg_dump: {e}"))
+        })?;
         if status.success() {
             return Ok(());
         }
@@ -138,15 +143,33 @@ fn classify_pg_dump_error(source: &str, db: &str, stderr: &str) -> HandlerError 
     let lower = stderr.to_lowercase();
     let detail = format!("pg_dump of {source}/{db} failed: {stderr}");
     if lower.contains("password authentication failed") || lower.contains("no password supplied") {
-        HandlerError::permanent(reason::AUTH_FAILED, format!("{detail}; check the source's password_env or password_file"))
+        HandlerError::permanent(
+            reason::AUTH_FAILED,
+            format!("{detail}; check the source's password_env or password_file"),
+        )
     } else if lower.contains("permission denied") {
-        HandlerError::permanent(reason::PERMISSION_DENIED, format!("{detail}; grant the backup role SELECT on it (or pg_read_all_data)"))
+        HandlerError::permanent(
+            reason::PERMISSION_DENIED,
+            format!("{detail}; grant the backup role SELECT on it (or pg_read_all_data)"),
+        )
     } else if lower.contains("database") && lower.contains("does not exist") {
-        HandlerError::permanent(reason::DATABASE_NOT_FOUND, format!("{detail}; check the database name"))
+        HandlerError::permanent(
+            reason::DATABASE_NOT_FOUND,
+            format!("{detail}; check the database name"),
+        )
     } else if lower.contains("no space left") {
-        HandlerError::retryable(reason::SPOOL_ERROR, format!("{detail}; free space in the spool"))
-    } else if lower.contains("could not connect") || lower.contains("connection refused") || lower.contains("could not translate host") {
-        HandlerError::retryable(reason::UNREACHABLE, format!("{detail}; check that the server is up and reachable from the dumper"))
+        HandlerError::retryable(
+            reason::SPOOL_ERROR,
+            format!("{detail}; free space in the spool"),
+        )
+    } else if lower.contains("could not connect")
+        || lower.contains("connection refused")
+        || lower.contains("could not translate host")
+    {
+        HandlerError::retryable(
+            reason::UNREACHABLE,
+            format!("{detail}; check that the server is up and reachable from the dumper"),
+        )
     } else {
         HandlerError::retryable(reason::DUMP_FAILED, detail)
     }
@@ -174,32 +197,52 @@ async fn server_version(
     let row = client
         .query_one("SHOW server_version", &[])
         .await
-        .map_err(|e| HandlerError::retryable(reason::DUMP_FAILED, format!("{source}: reading the server version: {e}")))?;
+        .map_err(|e| {
+            HandlerError::retryable(
+                reason::DUMP_FAILED,
+                format!("{source}: reading the server version: {e}"),
+            )
+        })?;
     drop(client);
     let _ = connection.await;
     let version: String = row.get(0);
-    Ok(version.split_whitespace().next().unwrap_or_default().to_string())
+    Ok(version
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
 }
 
 fn classify_connect_error(source: &str, db: &str, e: &tokio_postgres::Error) -> HandlerError {
     match e.code() {
-        Some(code) if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+        Some(code)
+            if *code == SqlState::INVALID_PASSWORD
+                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+        {
             HandlerError::permanent(
                 reason::AUTH_FAILED,
-                format!("{source}: the server refused the credentials for database {db} ({e}); check the user in the source url and its password_env or password_file"),
+                format!(
+                    "{source}: the server refused the credentials for database {db} ({e}); check the user in the source url and its password_env or password_file"
+                ),
             )
         }
         Some(code) if *code == SqlState::UNDEFINED_DATABASE => HandlerError::permanent(
             reason::DATABASE_NOT_FOUND,
-            format!("{source}: database {db} does not exist on the server; check the source's url or databases"),
+            format!(
+                "{source}: database {db} does not exist on the server; check the source's url or databases"
+            ),
         ),
         Some(code) if *code == SqlState::INSUFFICIENT_PRIVILEGE => HandlerError::permanent(
             reason::PERMISSION_DENIED,
-            format!("{source}: not allowed to connect to {db} ({e}); grant CONNECT to the backup role"),
+            format!(
+                "{source}: not allowed to connect to {db} ({e}); grant CONNECT to the backup role"
+            ),
         ),
         _ => HandlerError::retryable(
             reason::UNREACHABLE,
-            format!("{source}: cannot reach the server for database {db} ({e}); check that it is up and reachable from the dumper"),
+            format!(
+                "{source}: cannot reach the server for database {db} ({e}); check that it is up and reachable from the dumper"
+            ),
         ),
     }
 }
@@ -211,7 +254,10 @@ trait ConfigExt: Sized {
 impl ConfigExt for tokio_postgres::Config {
     fn from_str_checked(url: &str, source: &str) -> Result<Self, HandlerError> {
         url.parse().map_err(|e| {
-            HandlerError::permanent(reason::DUMP_FAILED, format!("source {source}: invalid postgres url: {e}"))
+            HandlerError::permanent(
+                reason::DUMP_FAILED,
+                format!("source {source}: invalid postgres url: {e}"),
+            )
         })
     }
 }
@@ -223,15 +269,34 @@ mod tests {
     #[test]
     fn pg_dump_errors_map_to_reasons() {
         let cases = [
-            ("pg_dump: error: connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  password authentication failed for user \"x\"", reason::AUTH_FAILED),
-            ("pg_dump: error: query failed: ERROR:  permission denied for table secrets", reason::PERMISSION_DENIED),
-            ("pg_dump: error: connection to server failed: FATAL:  database \"nope\" does not exist", reason::DATABASE_NOT_FOUND),
-            ("pg_dump: error: could not write to file: No space left on device", reason::SPOOL_ERROR),
-            ("pg_dump: error: connection to server at \"10.0.0.1\", port 5432 failed: Connection refused", reason::UNREACHABLE),
+            (
+                "pg_dump: error: connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  password authentication failed for user \"x\"",
+                reason::AUTH_FAILED,
+            ),
+            (
+                "pg_dump: error: query failed: ERROR:  permission denied for table secrets",
+                reason::PERMISSION_DENIED,
+            ),
+            (
+                "pg_dump: error: connection to server failed: FATAL:  database \"nope\" does not exist",
+                reason::DATABASE_NOT_FOUND,
+            ),
+            (
+                "pg_dump: error: could not write to file: No space left on device",
+                reason::SPOOL_ERROR,
+            ),
+            (
+                "pg_dump: error: connection to server at \"10.0.0.1\", port 5432 failed: Connection refused",
+                reason::UNREACHABLE,
+            ),
             ("pg_dump: error: something else", reason::DUMP_FAILED),
         ];
         for (stderr, expected) in cases {
-            assert_eq!(classify_pg_dump_error("s", "d", stderr).reason(), expected, "{stderr}");
+            assert_eq!(
+                classify_pg_dump_error("s", "d", stderr).reason(),
+                expected,
+                "{stderr}"
+            );
         }
     }
 }

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use ferry_proto::Message;
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupFailed, BackupUploaded, Stage};
-use ferry_proto::Message;
 use ferry_scheduler::{ManualReply, ManualRequest};
 use futures::StreamExt;
 
@@ -26,11 +26,18 @@ pub enum Outcome {
 
 /// Asks the scheduler for a backup of `source`; with `wait`, follows the job's
 /// events until it is stored or fails, for at most that long.
-pub async fn now(client: &async_nats::Client, source: &str, wait: Option<Duration>) -> anyhow::Result<Outcome> {
+pub async fn now(
+    client: &async_nats::Client,
+    source: &str,
+    wait: Option<Duration>,
+) -> anyhow::Result<Outcome> {
     let job_id = uuid::Uuid::now_v7().to_string();
     // Subscribe before asking, so no event of the job can be missed.
     let mut events = client
-        .subscribe(format!("ferry.v1.events.*.{}", subjects::source_token(source)))
+        .subscribe(format!(
+            "ferry.v1.events.*.{}",
+            subjects::source_token(source)
+        ))
         .await?;
     let request = ManualRequest {
         source: source.to_string(),
@@ -95,6 +102,9 @@ pub async fn now(client: &async_nats::Client, source: &str, wait: Option<Duratio
         anyhow::bail!("the NATS connection closed before the job ended")
     };
     tokio::time::timeout(wait, follow).await.map_err(|_| {
-        anyhow::anyhow!("job {job_id} did not finish within {}s; it may still be running (see `ferry list`)", wait.as_secs())
+        anyhow::anyhow!(
+            "job {job_id} did not finish within {}s; it may still be running (see `ferry list`)",
+            wait.as_secs()
+        )
     })?
 }

@@ -1,11 +1,16 @@
 //! `ferry list`: backups from the manifests, newest first.
 
 use ferry_storage::layout::{BACKUPS_PREFIX, source_prefix};
-use ferry_storage::{get_bytes, Manifest, ObjectStore};
+use ferry_storage::{Manifest, ObjectStore, get_bytes};
 
 /// Every backup (of one source, when given), newest first.
-pub async fn backups(store: &dyn ObjectStore, source: Option<&str>) -> anyhow::Result<Vec<Manifest>> {
-    let prefix = source.map(source_prefix).unwrap_or_else(|| BACKUPS_PREFIX.to_string());
+pub async fn backups(
+    store: &dyn ObjectStore,
+    source: Option<&str>,
+) -> anyhow::Result<Vec<Manifest>> {
+    let prefix = source
+        .map(source_prefix)
+        .unwrap_or_else(|| BACKUPS_PREFIX.to_string());
     let mut out = Vec::new();
     for meta in store.list(&prefix).await? {
         if !meta.key.ends_with(".json") {
@@ -17,7 +22,11 @@ pub async fn backups(store: &dyn ObjectStore, source: Option<&str>) -> anyhow::R
             Err(e) => eprintln!("warning: {}: {e}", meta.key),
         }
     }
-    out.sort_by(|a, b| b.completed_at.cmp(&a.completed_at).then_with(|| b.backup_id.cmp(&a.backup_id)));
+    out.sort_by(|a, b| {
+        b.completed_at
+            .cmp(&a.completed_at)
+            .then_with(|| b.backup_id.cmp(&a.backup_id))
+    });
     Ok(out)
 }
 
@@ -28,7 +37,11 @@ pub fn table(backups: &[Manifest]) -> String {
         "SOURCE", "BACKUP", "COMPLETED (UTC)", "FILES", "SIZE", "REUSED", "DURATION"
     );
     for m in backups {
-        let reused = if m.bytes_total == 0 { 0.0 } else { 100.0 * m.bytes_reused as f64 / m.bytes_total as f64 };
+        let reused = if m.bytes_total == 0 {
+            0.0
+        } else {
+            100.0 * m.bytes_reused as f64 / m.bytes_total as f64
+        };
         let secs = (m.completed_at - m.started_at).num_milliseconds() as f64 / 1000.0;
         out.push_str(&format!(
             "{:<16} {:<28} {:<20} {:>6} {:>12} {:>6.0}% {:>8.1}s\n",
@@ -52,5 +65,9 @@ fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }

@@ -10,7 +10,11 @@ use ferry_proto::v1::Stage;
 use ferry_runtime::process::{self, EXIT_FAILURE};
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "Backups of PostgreSQL and MongoDB fleets over NATS")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Backups of PostgreSQL and MongoDB fleets over NATS"
+)]
 struct Cli {
     /// The configuration file (also FERRY_CONFIG).
     #[arg(long, global = true, env = "FERRY_CONFIG")]
@@ -89,11 +93,20 @@ async fn main() -> ExitCode {
             .await
             .map(|()| ExitCode::SUCCESS)
         }
-        Command::Backup { command: BackupCommand::Now { source, wait, timeout } } => {
-            backup_now(&config, &source, wait, timeout).await
-        }
+        Command::Backup {
+            command:
+                BackupCommand::Now {
+                    source,
+                    wait,
+                    timeout,
+                },
+        } => backup_now(&config, &source, wait, timeout).await,
         Command::List { source, json } => list(&config, source.as_deref(), json).await,
-        Command::Restore { source, backup, to_dir } => restore_to_dir(&config, &source, &backup, &to_dir).await,
+        Command::Restore {
+            source,
+            backup,
+            to_dir,
+        } => restore_to_dir(&config, &source, &backup, &to_dir).await,
     };
     result.unwrap_or_else(|e| {
         eprintln!("ferry: {e:#}");
@@ -110,7 +123,11 @@ async fn backup_now(
     let client = ferry_runtime::nats::connect(&config.nats, "ferry-cli").await?;
     let wait = wait.then(|| {
         timeout.unwrap_or_else(|| {
-            config.source(source).map(|s| s.timeout).unwrap_or(Duration::from_secs(7200)) + Duration::from_secs(300)
+            config
+                .source(source)
+                .map(|s| s.timeout)
+                .unwrap_or(Duration::from_secs(7200))
+                + Duration::from_secs(300)
         })
     });
     let outcome = ferry::backup::now(&client, source, wait).await?;
@@ -132,14 +149,23 @@ async fn backup_now(
             ExitCode::SUCCESS
         }
         Outcome::Failed(f) => {
-            let stage = Stage::try_from(f.stage).unwrap_or(Stage::Unspecified).name();
-            eprintln!("backup of {source} failed at the {stage} stage ({}): {}", f.reason, f.message);
+            let stage = Stage::try_from(f.stage)
+                .unwrap_or(Stage::Unspecified)
+                .name();
+            eprintln!(
+                "backup of {source} failed at the {stage} stage ({}): {}",
+                f.reason, f.message
+            );
             ExitCode::from(EXIT_FAILURE)
         }
     })
 }
 
-async fn list(config: &ferry_runtime::Config, source: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+async fn list(
+    config: &ferry_runtime::Config,
+    source: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let store = ferry_runtime::store::open(&config.storage)?;
     let backups = ferry::list::backups(store.as_ref(), source).await?;
     if json {

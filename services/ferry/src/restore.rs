@@ -5,18 +5,24 @@
 use std::path::{Component, Path};
 
 use ferry_storage::layout::manifest_key;
-use ferry_storage::{get_bytes, Manifest, ObjectStore};
+use ferry_storage::{Manifest, ObjectStore, get_bytes};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Resolves `latest` or an id to a manifest.
-pub async fn find_backup(store: &dyn ObjectStore, source: &str, backup: &str) -> anyhow::Result<Manifest> {
+pub async fn find_backup(
+    store: &dyn ObjectStore,
+    source: &str,
+    backup: &str,
+) -> anyhow::Result<Manifest> {
     if backup == "latest" {
         return crate::list::backups(store, Some(source))
             .await?
             .into_iter()
             .next()
-            .ok_or_else(|| anyhow::anyhow!("source {source} has no backups in {}", store.describe()));
+            .ok_or_else(|| {
+                anyhow::anyhow!("source {source} has no backups in {}", store.describe())
+            });
     }
     let key = manifest_key(source, backup);
     let bytes = get_bytes(store, &key).await.map_err(|e| {
@@ -28,11 +34,18 @@ pub async fn find_backup(store: &dyn ObjectStore, source: &str, backup: &str) ->
 /// Writes every file of `manifest` under `dir`, verifying sizes and SHA-256 sums.
 /// A mismatch stops with an error naming the file and object; nothing is trusted
 /// that was not checked.
-pub async fn fetch_to_dir(store: &dyn ObjectStore, manifest: &Manifest, dir: &Path) -> anyhow::Result<u64> {
+pub async fn fetch_to_dir(
+    store: &dyn ObjectStore,
+    manifest: &Manifest,
+    dir: &Path,
+) -> anyhow::Result<u64> {
     let mut total = 0;
     for file in &manifest.files {
         let relative = Path::new(&file.name);
-        if relative.components().any(|c| !matches!(c, Component::Normal(_))) {
+        if relative
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+        {
             anyhow::bail!("manifest names a file outside the backup: {:?}", file.name);
         }
         let path = dir.join(relative);

@@ -12,8 +12,10 @@ use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupFailed, BackupUploaded, RetentionApplied, Stage};
 use ferry_proto::{JobMessage, Message};
 use ferry_runtime::config::{NotifyConfig, NotifyOn};
-use ferry_runtime::secrets::{read_secret, SecretSource};
-use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime, RunnerOptions};
+use ferry_runtime::secrets::{SecretSource, read_secret};
+use ferry_runtime::{
+    ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, RunnerOptions, Runtime,
+};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -94,7 +96,11 @@ impl Notifier {
                             .map_err(|e| anyhow::anyhow!("notify[{index}].url_env: {e}"))?,
                         (None, None) => anyhow::bail!("notify[{index}]: set url or url_env"),
                     };
-                    channels.push(Channel { index, on: on.clone(), url });
+                    channels.push(Channel {
+                        index,
+                        on: on.clone(),
+                        url,
+                    });
                 }
             }
         }
@@ -102,21 +108,37 @@ impl Notifier {
             .jetstream
             .get_key_value(subjects::NOTIFIED_BUCKET)
             .await
-            .map_err(|e| anyhow::anyhow!("opening the {} bucket: {e}", subjects::NOTIFIED_BUCKET))?;
+            .map_err(|e| {
+                anyhow::anyhow!("opening the {} bucket: {e}", subjects::NOTIFIED_BUCKET)
+            })?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .user_agent(concat!("ferry-notifier/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Notifier { channels, http, sent })
+        Ok(Notifier {
+            channels,
+            http,
+            sent,
+        })
     }
 }
 
 /// Runs the notifier until `shutdown`.
 pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()> {
     let handler = Arc::new(Notifier::new(&rt).await?);
-    let options = RunnerOptions { concurrency: 4, ..Default::default() };
-    ferry_runtime::runner::run(handler, rt.jetstream.clone(), rt.publisher.clone(), rt.metrics.clone(), options, shutdown)
-        .await?;
+    let options = RunnerOptions {
+        concurrency: 4,
+        ..Default::default()
+    };
+    ferry_runtime::runner::run(
+        handler,
+        rt.jetstream.clone(),
+        rt.publisher.clone(),
+        rt.metrics.clone(),
+        options,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 
@@ -143,7 +165,9 @@ impl Handler for Notifier {
                 (failed.stage != Stage::Notifier as i32).then_some(Event::Failed(failed))
             }
             Some(EventKind::Uploaded) => Some(Event::Uploaded(BackupUploaded::decode(payload)?)),
-            Some(EventKind::Retention) => Some(Event::Retention(RetentionApplied::decode(payload)?)),
+            Some(EventKind::Retention) => {
+                Some(Event::Retention(RetentionApplied::decode(payload)?))
+            }
             _ => None,
         })
     }
@@ -153,7 +177,11 @@ impl Handler for Notifier {
         let body = notification_body(&event, trace_id.as_deref());
         let event_key = dedup_key(&event);
         let mut first_error = None;
-        for channel in self.channels.iter().filter(|c| c.on.contains(&event.kind())) {
+        for channel in self
+            .channels
+            .iter()
+            .filter(|c| c.on.contains(&event.kind()))
+        {
             let key = format!("{event_key}.c{}", channel.index);
             if matches!(self.sent.get(&key).await, Ok(Some(_))) {
                 continue;

@@ -4,13 +4,15 @@
 use ferry_proto::v1::{Engine, Stage};
 use ferry_proto::{from_timestamp, reason};
 use ferry_runtime::HandlerError;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::Event;
 
 /// The JSON body sent for an event.
 pub fn notification_body(event: &Event, trace_id: Option<&str>) -> Value {
-    let time = |t: &Option<prost_types::Timestamp>| t.as_ref().and_then(from_timestamp).map(|t| t.to_rfc3339());
+    let time = |t: &Option<prost_types::Timestamp>| {
+        t.as_ref().and_then(from_timestamp).map(|t| t.to_rfc3339())
+    };
     match event {
         Event::Failed(f) => json!({
             "event": "failed",
@@ -61,13 +63,19 @@ pub fn notification_body(event: &Event, trace_id: Option<&str>) -> Value {
 pub async fn post(http: &reqwest::Client, url: &str, body: &Value) -> Result<(), HandlerError> {
     let response = http.post(url).json(body).send().await.map_err(|e| {
         // reqwest's error text may include the URL, which can embed a token.
-        HandlerError::retryable(reason::NOTIFICATION_FAILED, format!("webhook request failed: {}", e.without_url()))
+        HandlerError::retryable(
+            reason::NOTIFICATION_FAILED,
+            format!("webhook request failed: {}", e.without_url()),
+        )
     })?;
     let status = response.status();
     if status.is_success() {
         Ok(())
     } else if status.is_server_error() || status.as_u16() == 429 {
-        Err(HandlerError::retryable(reason::NOTIFICATION_FAILED, format!("webhook answered {status}")))
+        Err(HandlerError::retryable(
+            reason::NOTIFICATION_FAILED,
+            format!("webhook answered {status}"),
+        ))
     } else {
         Err(HandlerError::permanent(
             reason::NOTIFICATION_FAILED,

@@ -15,14 +15,18 @@ use std::time::{Duration, SystemTime};
 
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupUploaded, ExpiredBackup, KeptBackup, RetentionApplied, Stage};
-use ferry_proto::{reason, Message};
+use ferry_proto::{Message, reason};
 use ferry_runtime::config::SourceConfig;
-use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime, RunnerOptions};
-use ferry_storage::layout::{backup_id_of, manifest_key, source_prefix, BACKUPS_PREFIX, OBJECTS_PREFIX};
-use ferry_storage::{get_bytes, Manifest, ObjectStore, StorageError};
+use ferry_runtime::{
+    ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, RunnerOptions, Runtime,
+};
+use ferry_storage::layout::{
+    BACKUPS_PREFIX, OBJECTS_PREFIX, backup_id_of, manifest_key, source_prefix,
+};
+use ferry_storage::{Manifest, ObjectStore, StorageError, get_bytes};
 use tokio_util::sync::CancellationToken;
 
-use plan::{plan, BackupInfo};
+use plan::{BackupInfo, plan};
 
 /// The retention worker's handler.
 pub struct Retention {
@@ -49,25 +53,39 @@ impl Retention {
 
     /// Applies the policy of `source` and collects garbage.
     pub async fn apply(&self, source: &SourceConfig) -> Result<RetentionOutcome, StorageError> {
-        let tz = ferry_runtime::schedule::parse_timezone(&source.timezone).unwrap_or(chrono_tz::Tz::UTC);
+        let tz =
+            ferry_runtime::schedule::parse_timezone(&source.timezone).unwrap_or(chrono_tz::Tz::UTC);
         let mut backups = Vec::new();
         for meta in self.store.list(&source_prefix(&source.name)).await? {
-            let Some(id) = backup_id_of(&source.name, &meta.key) else { continue };
+            let Some(id) = backup_id_of(&source.name, &meta.key) else {
+                continue;
+            };
             let manifest = Manifest::from_json(&get_bytes(self.store.as_ref(), &meta.key).await?);
             match manifest {
-                Ok(m) => backups.push(BackupInfo { id, time: m.completed_at }),
+                Ok(m) => backups.push(BackupInfo {
+                    id,
+                    time: m.completed_at,
+                }),
                 // An unreadable manifest is never deleted by policy: an operator
                 // must look at it. It still protects its objects below.
-                Err(e) => tracing::warn!(manifest = %meta.key, error = %e, "skipping unreadable manifest"),
+                Err(e) => {
+                    tracing::warn!(manifest = %meta.key, error = %e, "skipping unreadable manifest")
+                }
             }
         }
         let plan = plan(&backups, &source.retention, tz);
         for d in &plan.delete {
-            self.store.delete(&manifest_key(&source.name, &d.id)).await?;
+            self.store
+                .delete(&manifest_key(&source.name, &d.id))
+                .await?;
             tracing::info!(backup_id = %d.id, "expired backup deleted");
         }
         let (objects_deleted, bytes_freed) = self.collect_garbage().await?;
-        Ok(RetentionOutcome { plan, objects_deleted, bytes_freed })
+        Ok(RetentionOutcome {
+            plan,
+            objects_deleted,
+            bytes_freed,
+        })
     }
 
     /// Deletes objects that no manifest of any source references and that are older
@@ -107,9 +125,19 @@ pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()>
     let handler = Arc::new(Retention::new(rt.clone(), store));
     // One run at a time per process keeps two runs from collecting concurrently;
     // across replicas a per-source lease comes with the retention issue.
-    let options = RunnerOptions { concurrency: 1, ..Default::default() };
-    ferry_runtime::runner::run(handler, rt.jetstream.clone(), rt.publisher.clone(), rt.metrics.clone(), options, shutdown)
-        .await?;
+    let options = RunnerOptions {
+        concurrency: 1,
+        ..Default::default()
+    };
+    ferry_runtime::runner::run(
+        handler,
+        rt.jetstream.clone(),
+        rt.publisher.clone(),
+        rt.metrics.clone(),
+        options,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 
@@ -127,11 +155,19 @@ impl Handler for Retention {
         }
     }
 
-    fn decode(&self, _subject: &str, payload: &[u8]) -> Result<Option<BackupUploaded>, prost::DecodeError> {
+    fn decode(
+        &self,
+        _subject: &str,
+        payload: &[u8],
+    ) -> Result<Option<BackupUploaded>, prost::DecodeError> {
         BackupUploaded::decode(payload).map(Some)
     }
 
-    async fn handle(&self, uploaded: BackupUploaded, _ctx: JobContext) -> Result<Vec<Outgoing>, HandlerError> {
+    async fn handle(
+        &self,
+        uploaded: BackupUploaded,
+        _ctx: JobContext,
+    ) -> Result<Vec<Outgoing>, HandlerError> {
         let source = self.rt.config.source(&uploaded.source).ok_or_else(|| {
             HandlerError::permanent(
                 reason::UNKNOWN_SOURCE,
@@ -149,8 +185,24 @@ impl Handler for Retention {
             job_id: uploaded.job_id.clone(),
             source: uploaded.source.clone(),
             occurred_at: Some(ferry_proto::now()),
-            kept: outcome.plan.keep.iter().map(|d| KeptBackup { backup_id: d.id.clone(), rule: d.rule.into() }).collect(),
-            deleted: outcome.plan.delete.iter().map(|d| ExpiredBackup { backup_id: d.id.clone(), rule: d.rule.into() }).collect(),
+            kept: outcome
+                .plan
+                .keep
+                .iter()
+                .map(|d| KeptBackup {
+                    backup_id: d.id.clone(),
+                    rule: d.rule.into(),
+                })
+                .collect(),
+            deleted: outcome
+                .plan
+                .delete
+                .iter()
+                .map(|d| ExpiredBackup {
+                    backup_id: d.id.clone(),
+                    rule: d.rule.into(),
+                })
+                .collect(),
             objects_deleted: outcome.objects_deleted,
             bytes_freed: outcome.bytes_freed,
         };
@@ -161,6 +213,11 @@ impl Handler for Retention {
             bytes_freed = event.bytes_freed,
             "retention applied"
         );
-        Ok(vec![Outgoing::event(EventKind::Retention, &uploaded.source, &event, format!("{}/retention", uploaded.job_id))])
+        Ok(vec![Outgoing::event(
+            EventKind::Retention,
+            &uploaded.source,
+            &event,
+            format!("{}/retention", uploaded.job_id),
+        )])
     }
 }

@@ -37,6 +37,9 @@ pub struct Plan {
 
 type PeriodKey = (i32, u32);
 
+/// A period rule: its name, how many periods it keeps, and the period of a time.
+type PeriodRule = (&'static str, Option<u32>, fn(DateTime<Tz>) -> PeriodKey);
+
 /// Plans retention for one source's backups; periods are computed in `tz`.
 pub fn plan(backups: &[BackupInfo], policy: &RetentionPolicy, tz: Tz) -> Plan {
     let mut sorted: Vec<&BackupInfo> = backups.iter().collect();
@@ -44,7 +47,13 @@ pub fn plan(backups: &[BackupInfo], policy: &RetentionPolicy, tz: Tz) -> Plan {
 
     if policy.is_empty() {
         return Plan {
-            keep: sorted.iter().map(|b| Decision { id: b.id.clone(), rule: "no_policy" }).collect(),
+            keep: sorted
+                .iter()
+                .map(|b| Decision {
+                    id: b.id.clone(),
+                    rule: "no_policy",
+                })
+                .collect(),
             delete: Vec::new(),
         };
     }
@@ -55,13 +64,15 @@ pub fn plan(backups: &[BackupInfo], policy: &RetentionPolicy, tz: Tz) -> Plan {
             slot.get_or_insert("keep_last");
         }
     }
-    let periods: [(&'static str, Option<u32>, fn(DateTime<Tz>) -> PeriodKey); 4] = [
+    let periods: [PeriodRule; 4] = [
         ("keep_daily", policy.keep_daily, |t| (t.year(), t.ordinal())),
         ("keep_weekly", policy.keep_weekly, |t| {
             let w = t.iso_week();
             (w.year(), w.week())
         }),
-        ("keep_monthly", policy.keep_monthly, |t| (t.year(), t.month())),
+        ("keep_monthly", policy.keep_monthly, |t| {
+            (t.year(), t.month())
+        }),
         ("keep_yearly", policy.keep_yearly, |t| (t.year(), 0)),
     ];
     for (rule, count, key_of) in periods {
@@ -92,8 +103,14 @@ pub fn plan(backups: &[BackupInfo], policy: &RetentionPolicy, tz: Tz) -> Plan {
     let mut result = Plan::default();
     for (b, rule) in sorted.iter().zip(rule_of) {
         match rule {
-            Some(rule) => result.keep.push(Decision { id: b.id.clone(), rule }),
-            None => result.delete.push(Decision { id: b.id.clone(), rule: "expired" }),
+            Some(rule) => result.keep.push(Decision {
+                id: b.id.clone(),
+                rule,
+            }),
+            None => result.delete.push(Decision {
+                id: b.id.clone(),
+                rule: "expired",
+            }),
         }
     }
     result
@@ -107,7 +124,10 @@ mod tests {
     fn backups(times: &[&str]) -> Vec<BackupInfo> {
         times
             .iter()
-            .map(|t| BackupInfo { id: t.to_string(), time: t.parse().unwrap() })
+            .map(|t| BackupInfo {
+                id: t.to_string(),
+                time: t.parse().unwrap(),
+            })
             .collect()
     }
 
@@ -125,10 +145,23 @@ mod tests {
 
     #[test]
     fn keep_last_keeps_the_newest() {
-        let b = backups(&["2026-01-01T00:00:00Z", "2026-01-03T00:00:00Z", "2026-01-02T00:00:00Z"]);
-        let policy = RetentionPolicy { keep_last: Some(2), ..Default::default() };
+        let b = backups(&[
+            "2026-01-01T00:00:00Z",
+            "2026-01-03T00:00:00Z",
+            "2026-01-02T00:00:00Z",
+        ]);
+        let policy = RetentionPolicy {
+            keep_last: Some(2),
+            ..Default::default()
+        };
         let p = plan(&b, &policy, Tz::UTC);
-        assert_eq!(kept(&p), [("2026-01-03T00:00:00Z", "keep_last"), ("2026-01-02T00:00:00Z", "keep_last")]);
+        assert_eq!(
+            kept(&p),
+            [
+                ("2026-01-03T00:00:00Z", "keep_last"),
+                ("2026-01-02T00:00:00Z", "keep_last")
+            ]
+        );
         assert_eq!(p.delete[0].id, "2026-01-01T00:00:00Z");
     }
 
@@ -140,9 +173,18 @@ mod tests {
             "2026-01-02T05:00:00Z",
             "2026-01-03T05:00:00Z",
         ]);
-        let policy = RetentionPolicy { keep_daily: Some(2), ..Default::default() };
+        let policy = RetentionPolicy {
+            keep_daily: Some(2),
+            ..Default::default()
+        };
         let p = plan(&b, &policy, Tz::UTC);
-        assert_eq!(kept(&p), [("2026-01-03T05:00:00Z", "keep_daily"), ("2026-01-02T05:00:00Z", "keep_daily")]);
+        assert_eq!(
+            kept(&p),
+            [
+                ("2026-01-03T05:00:00Z", "keep_daily"),
+                ("2026-01-02T05:00:00Z", "keep_daily")
+            ]
+        );
         assert_eq!(p.delete.len(), 2);
     }
 
@@ -150,15 +192,31 @@ mod tests {
     fn days_are_counted_in_the_sources_time_zone() {
         // 23:30 UTC on Jan 1 is already Jan 2 in Berlin: both backups fall on one
         // Berlin day, so keep_daily = 2 keeps the newest and the Dec 31 one.
-        let b = backups(&["2025-12-31T12:00:00Z", "2026-01-01T23:30:00Z", "2026-01-02T08:00:00Z"]);
-        let policy = RetentionPolicy { keep_daily: Some(2), ..Default::default() };
+        let b = backups(&[
+            "2025-12-31T12:00:00Z",
+            "2026-01-01T23:30:00Z",
+            "2026-01-02T08:00:00Z",
+        ]);
+        let policy = RetentionPolicy {
+            keep_daily: Some(2),
+            ..Default::default()
+        };
         let berlin = plan(&b, &policy, chrono_tz::Europe::Berlin);
         assert_eq!(
             kept(&berlin),
-            [("2026-01-02T08:00:00Z", "keep_daily"), ("2025-12-31T12:00:00Z", "keep_daily")]
+            [
+                ("2026-01-02T08:00:00Z", "keep_daily"),
+                ("2025-12-31T12:00:00Z", "keep_daily")
+            ]
         );
         let utc = plan(&b, &policy, Tz::UTC);
-        assert_eq!(kept(&utc), [("2026-01-02T08:00:00Z", "keep_daily"), ("2026-01-01T23:30:00Z", "keep_daily")]);
+        assert_eq!(
+            kept(&utc),
+            [
+                ("2026-01-02T08:00:00Z", "keep_daily"),
+                ("2026-01-01T23:30:00Z", "keep_daily")
+            ]
+        );
     }
 
     #[test]
@@ -167,7 +225,10 @@ mod tests {
         let b: Vec<BackupInfo> = (0..800)
             .map(|d| {
                 let t = start + chrono::Duration::days(d);
-                BackupInfo { id: t.to_rfc3339(), time: t }
+                BackupInfo {
+                    id: t.to_rfc3339(),
+                    time: t,
+                }
             })
             .collect();
         let policy = RetentionPolicy {
@@ -184,20 +245,40 @@ mod tests {
         // 03-08, which are the newest of the last two ISO weeks, so keep_weekly adds
         // only the Sundays of the two weeks before.
         assert_eq!(count("keep_weekly"), 2);
-        assert!(p.keep.iter().any(|d| d.id.starts_with("2026-03-01") && d.rule == "keep_weekly"));
-        assert!(p.keep.iter().any(|d| d.id.starts_with("2026-02-22") && d.rule == "keep_weekly"));
+        assert!(
+            p.keep
+                .iter()
+                .any(|d| d.id.starts_with("2026-03-01") && d.rule == "keep_weekly")
+        );
+        assert!(
+            p.keep
+                .iter()
+                .any(|d| d.id.starts_with("2026-02-22") && d.rule == "keep_weekly")
+        );
         assert!(count("keep_monthly") >= 5);
         assert!(count("keep_yearly") >= 1);
         assert_eq!(p.keep.len() + p.delete.len(), 800);
-        assert!(p.keep.iter().any(|d| d.id.starts_with("2024-12-31")), "yearly keeps the last of 2024");
+        assert!(
+            p.keep.iter().any(|d| d.id.starts_with("2024-12-31")),
+            "yearly keeps the last of 2024"
+        );
     }
 
     #[test]
     fn min_keep_refuses_to_delete_everything() {
         // keep_daily = 1 with every backup older than... still keeps one; min_keep = 3
         // raises it to three.
-        let b = backups(&["2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z", "2026-01-01T02:00:00Z", "2026-01-01T03:00:00Z"]);
-        let policy = RetentionPolicy { keep_daily: Some(1), min_keep: Some(3), ..Default::default() };
+        let b = backups(&[
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T01:00:00Z",
+            "2026-01-01T02:00:00Z",
+            "2026-01-01T03:00:00Z",
+        ]);
+        let policy = RetentionPolicy {
+            keep_daily: Some(1),
+            min_keep: Some(3),
+            ..Default::default()
+        };
         let p = plan(&b, &policy, Tz::UTC);
         assert_eq!(
             kept(&p),
@@ -212,7 +293,10 @@ mod tests {
     #[test]
     fn the_newest_backup_is_always_kept() {
         let b = backups(&["2026-01-01T00:00:00Z"]);
-        let policy = RetentionPolicy { keep_weekly: Some(0), ..Default::default() };
+        let policy = RetentionPolicy {
+            keep_weekly: Some(0),
+            ..Default::default()
+        };
         let p = plan(&b, &policy, Tz::UTC);
         assert_eq!(kept(&p), [("2026-01-01T00:00:00Z", "min_keep")]);
     }

@@ -6,9 +6,9 @@ use std::collections::BinaryHeap;
 
 use chrono::{DateTime, Utc};
 use ferry_proto::v1::Trigger;
+use ferry_runtime::Runtime;
 use ferry_runtime::config::SourceConfig;
 use ferry_runtime::schedule::{parse_cron, parse_timezone};
-use ferry_runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -39,7 +39,11 @@ pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()>
             // Validated at start-up, so these parse.
             let cron = parse_cron(s.schedule.as_deref()?).ok()?;
             let tz = parse_timezone(&s.timezone).ok()?;
-            Some(Scheduled { source: s.clone(), cron, tz })
+            Some(Scheduled {
+                source: s.clone(),
+                cron,
+                tz,
+            })
         })
         .collect();
     let now = Utc::now();

@@ -27,19 +27,29 @@ pub struct JobRequest {
 /// The backup id of a job: UTC time then the job id's last 8 characters, so ids sort
 /// by time and two jobs in one second still differ.
 pub fn backup_id_for(at: DateTime<Utc>, job_id: &str) -> String {
-    let tail: String = job_id.chars().filter(|c| *c != '-').rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = job_id
+        .chars()
+        .filter(|c| *c != '-')
+        .rev()
+        .take(8)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     format!("{}-{tail}", at.format("%Y%m%dT%H%M%SZ"))
 }
 
 /// Builds the job message for `source`.
 pub fn job_message(source: &SourceConfig, request: &JobRequest) -> JobRequested {
-    let deadline = Utc::now() + chrono::Duration::from_std(source.timeout).unwrap_or(chrono::Duration::hours(2));
+    let deadline = Utc::now()
+        + chrono::Duration::from_std(source.timeout).unwrap_or(chrono::Duration::hours(2));
     JobRequested {
         job_id: request.job_id.clone(),
         source: source.name.clone(),
         occurred_at: Some(ferry_proto::now()),
         trigger: request.trigger as i32,
-        scheduled_for: (request.trigger == Trigger::Schedule).then(|| ferry_proto::to_timestamp(request.at)),
+        scheduled_for: (request.trigger == Trigger::Schedule)
+            .then(|| ferry_proto::to_timestamp(request.at)),
         reason: request.reason.clone(),
         databases: request.databases.clone(),
         deadline: Some(ferry_proto::to_timestamp(deadline)),
@@ -48,7 +58,11 @@ pub fn job_message(source: &SourceConfig, request: &JobRequest) -> JobRequested 
 }
 
 /// Publishes the job for the dumpers and the `requested` event for subscribers.
-pub async fn publish(publisher: &Publisher, job: &JobRequested, msg_id: &str) -> Result<(), PublishError> {
+pub async fn publish(
+    publisher: &Publisher,
+    job: &JobRequested,
+    msg_id: &str,
+) -> Result<(), PublishError> {
     publisher
         .publish(&Outgoing {
             subject: subjects::JOB_DUMP.into(),
@@ -57,7 +71,12 @@ pub async fn publish(publisher: &Publisher, job: &JobRequested, msg_id: &str) ->
         })
         .await?;
     publisher
-        .publish(&Outgoing::event(EventKind::Requested, &job.source, job, format!("{msg_id}/requested")))
+        .publish(&Outgoing::event(
+            EventKind::Requested,
+            &job.source,
+            job,
+            format!("{msg_id}/requested"),
+        ))
         .await
 }
 

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use ferry_runtime::Runtime;
 
-pub use jobs::{backup_id_for, JobRequest};
+pub use jobs::{JobRequest, backup_id_for};
 pub use manual::{ManualReply, ManualRequest};
 
 /// Runs the cron loop and the manual request listener until `shutdown`.

@@ -3,9 +3,9 @@
 //! publisher asked for one; nothing else is affected.
 
 use async_nats::Subscriber;
+use ferry_proto::reason;
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupFailed, Stage, Trigger};
-use ferry_proto::reason;
 use ferry_runtime::{Outgoing, Runtime};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -66,7 +66,11 @@ pub async fn subscribe(rt: &Runtime) -> anyhow::Result<Subscriber> {
 }
 
 /// Handles requests until `shutdown`.
-pub async fn serve(rt: Runtime, mut requests: Subscriber, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    rt: Runtime,
+    mut requests: Subscriber,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -110,7 +114,10 @@ async fn accept(rt: &Runtime, message: &async_nats::Message, span: &tracing::Spa
         Err(Rejection {
             source: String::new(),
             reason: reason::PAYLOAD_TOO_LARGE,
-            message: format!("job request of {} bytes is larger than the {max} bytes accepted; send only the source and options", message.payload.len()),
+            message: format!(
+                "job request of {} bytes is larger than the {max} bytes accepted; send only the source and options",
+                message.payload.len()
+            ),
         })
     } else {
         parse(rt, &message.payload)
@@ -120,7 +127,10 @@ async fn accept(rt: &Runtime, message: &async_nats::Message, span: &tracing::Spa
         Err(rejection) => return reject(rt, rejection, None, span).await,
     };
     let source = rt.config.source(&request.source).expect("checked by parse");
-    let job_id = request.job_id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let job_id = request
+        .job_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     span.record("ferry.job_id", job_id.as_str());
     span.record("ferry.source", source.name.as_str());
     let job_request = JobRequest {
@@ -135,7 +145,13 @@ async fn accept(rt: &Runtime, message: &async_nats::Message, span: &tracing::Spa
     match jobs::publish(&rt.publisher, &job, &job_request.msg_id).await {
         Ok(()) => {
             tracing::info!(backup_id = %job.backup_id, "manual job accepted");
-            ManualReply { ok: true, job_id, backup_id: Some(job.backup_id), reason: None, message: None }
+            ManualReply {
+                ok: true,
+                job_id,
+                backup_id: Some(job.backup_id),
+                reason: None,
+                message: None,
+            }
         }
         Err(e) => {
             tracing::error!(error = %e, "failed to publish manual job");
@@ -163,13 +179,25 @@ fn parse(rt: &Runtime, payload: &[u8]) -> Result<ManualRequest, Rejection> {
             // Bounded: the name is echoed in the event, and it may be huge.
             source: request.source.chars().take(64).collect(),
             reason: reason::INVALID_SOURCE_NAME,
-            message: "source names are 1-64 characters of [a-z0-9_-], starting with a letter or digit".into(),
+            message:
+                "source names are 1-64 characters of [a-z0-9_-], starting with a letter or digit"
+                    .into(),
         });
     }
     if rt.config.source(&request.source).is_none() {
-        let known: Vec<&str> = rt.config.sources.iter().map(|s| s.name.as_str()).take(20).collect();
+        let known: Vec<&str> = rt
+            .config
+            .sources
+            .iter()
+            .map(|s| s.name.as_str())
+            .take(20)
+            .collect();
         return Err(Rejection {
-            message: format!("unknown source {:?}; configured sources: {}", request.source, known.join(", ")),
+            message: format!(
+                "unknown source {:?}; configured sources: {}",
+                request.source,
+                known.join(", ")
+            ),
             source: request.source,
             reason: reason::UNKNOWN_SOURCE,
         });
@@ -186,7 +214,12 @@ fn parse(rt: &Runtime, payload: &[u8]) -> Result<ManualRequest, Rejection> {
     Ok(request)
 }
 
-async fn reject(rt: &Runtime, rejection: Rejection, job_id: Option<String>, span: &tracing::Span) -> ManualReply {
+async fn reject(
+    rt: &Runtime,
+    rejection: Rejection,
+    job_id: Option<String>,
+    span: &tracing::Span,
+) -> ManualReply {
     let job_id = job_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     span.record("ferry.job_id", job_id.as_str());
     span.record("ferry.source", subjects::source_token(&rejection.source));
@@ -202,7 +235,12 @@ async fn reject(rt: &Runtime, rejection: Rejection, job_id: Option<String>, span
         r#final: true,
         backup_id: String::new(),
     };
-    let out = Outgoing::event(EventKind::Failed, &rejection.source, &failed, format!("{job_id}/failed/scheduler"));
+    let out = Outgoing::event(
+        EventKind::Failed,
+        &rejection.source,
+        &failed,
+        format!("{job_id}/failed/scheduler"),
+    );
     if let Err(e) = rt.publisher.publish(&out).await {
         tracing::error!(error = %e, "failed to publish the rejection event");
     }

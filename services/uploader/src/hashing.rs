@@ -29,12 +29,22 @@ impl<R> HashingReader<R> {
     /// The reader and a handle to its digest.
     pub fn new(inner: R) -> (Self, SharedDigest) {
         let digest = SharedDigest::default();
-        (HashingReader { inner, digest: digest.clone() }, digest)
+        (
+            HashingReader {
+                inner,
+                digest: digest.clone(),
+            },
+            digest,
+        )
     }
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &poll {

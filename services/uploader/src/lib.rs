@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupUploaded, DumpCompleted, Engine, Stage};
-use ferry_proto::{reason, Message};
-use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime, RunnerOptions};
+use ferry_proto::{Message, reason};
+use ferry_runtime::{
+    ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, RunnerOptions, Runtime,
+};
 use ferry_storage::layout::{manifest_key, object_key};
 use ferry_storage::spool::DirSpool;
-use ferry_storage::{get_bytes, Manifest, ManifestFile, ObjectStore, StorageError};
+use ferry_storage::{Manifest, ManifestFile, ObjectStore, StorageError, get_bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -37,15 +39,29 @@ impl Uploader {
 
 /// Runs the uploader until `shutdown`.
 pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let spool = DirSpool::new(&rt.config.spool.path)
-        .map_err(|e| anyhow::anyhow!("failed to open the spool {} (spool.path): {e}", rt.config.spool.path.display()))?;
-    let handler = Arc::new(Uploader::new(spool, ferry_runtime::store::open(&rt.config.storage)?));
+    let spool = DirSpool::new(&rt.config.spool.path).map_err(|e| {
+        anyhow::anyhow!(
+            "failed to open the spool {} (spool.path): {e}",
+            rt.config.spool.path.display()
+        )
+    })?;
+    let handler = Arc::new(Uploader::new(
+        spool,
+        ferry_runtime::store::open(&rt.config.storage)?,
+    ));
     let options = RunnerOptions {
         concurrency: rt.config.uploader.concurrency,
         ..Default::default()
     };
-    ferry_runtime::runner::run(handler, rt.jetstream.clone(), rt.publisher.clone(), rt.metrics.clone(), options, shutdown)
-        .await?;
+    ferry_runtime::runner::run(
+        handler,
+        rt.jetstream.clone(),
+        rt.publisher.clone(),
+        rt.metrics.clone(),
+        options,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 
@@ -71,22 +87,43 @@ impl Handler for Uploader {
         }
     }
 
-    fn decode(&self, _subject: &str, payload: &[u8]) -> Result<Option<DumpCompleted>, prost::DecodeError> {
+    fn decode(
+        &self,
+        _subject: &str,
+        payload: &[u8],
+    ) -> Result<Option<DumpCompleted>, prost::DecodeError> {
         DumpCompleted::decode(payload).map(Some)
     }
 
-    async fn handle(&self, dump: DumpCompleted, _ctx: JobContext) -> Result<Vec<Outgoing>, HandlerError> {
+    async fn handle(
+        &self,
+        dump: DumpCompleted,
+        _ctx: JobContext,
+    ) -> Result<Vec<Outgoing>, HandlerError> {
         let key = manifest_key(&dump.source, &dump.backup_id);
-        if self.store.head(&key).await.map_err(storage_error)?.is_some() {
+        if self
+            .store
+            .head(&key)
+            .await
+            .map_err(storage_error)?
+            .is_some()
+        {
             tracing::info!(manifest = %key, "backup already committed by an earlier delivery");
             let manifest = self.read_manifest(&key).await?;
             self.clean_spool(&dump.job_id).await;
             return Ok(vec![uploaded_event(&dump, &manifest, &key)]);
         }
 
-        let job_dir = self.spool.job_dir(&dump.job_id).map_err(|e| HandlerError::permanent(reason::MALFORMED_MESSAGE, e.to_string()))?;
+        let job_dir = self
+            .spool
+            .job_dir(&dump.job_id)
+            .map_err(|e| HandlerError::permanent(reason::MALFORMED_MESSAGE, e.to_string()))?;
         if !tokio::fs::try_exists(&job_dir).await.unwrap_or(false) {
-            let location = dump.spool.as_ref().map(|s| format!("{} on node {}", s.path, s.node)).unwrap_or_default();
+            let location = dump
+                .spool
+                .as_ref()
+                .map(|s| format!("{} on node {}", s.path, s.node))
+                .unwrap_or_default();
             return Err(HandlerError::permanent(
                 reason::SPOOL_MISSING,
                 format!(
@@ -121,12 +158,19 @@ impl Handler for Uploader {
 
         let bytes_total: u64 = files.iter().map(|f| f.size).sum();
         let bytes_reused: u64 = files.iter().filter(|f| f.reused).map(|f| f.size).sum();
-        let started_at = dump.started_at.as_ref().and_then(ferry_proto::from_timestamp).unwrap_or_else(chrono::Utc::now);
+        let started_at = dump
+            .started_at
+            .as_ref()
+            .and_then(ferry_proto::from_timestamp)
+            .unwrap_or_else(chrono::Utc::now);
         let manifest = Manifest {
             format: ferry_storage::manifest::FORMAT_VERSION,
             backup_id: dump.backup_id.clone(),
             source: dump.source.clone(),
-            engine: Engine::try_from(dump.engine).unwrap_or(Engine::Unspecified).name().into(),
+            engine: Engine::try_from(dump.engine)
+                .unwrap_or(Engine::Unspecified)
+                .name()
+                .into(),
             job_id: dump.job_id.clone(),
             server_version: dump.server_version.clone(),
             tool_version: dump.tool_version.clone(),
@@ -146,7 +190,11 @@ impl Handler for Uploader {
             .instrument(tracing::info_span!("write_manifest", manifest = %key))
             .await
             .map_err(storage_error)?;
-        let manifest = if created { manifest } else { self.read_manifest(&key).await? };
+        let manifest = if created {
+            manifest
+        } else {
+            self.read_manifest(&key).await?
+        };
         self.clean_spool(&dump.job_id).await;
         tracing::info!(
             manifest = %key,
@@ -162,12 +210,24 @@ impl Handler for Uploader {
 impl Uploader {
     /// Streams one spool file into the store, checking its SHA-256 on the way: a
     /// file changed or damaged since the dump is never stored under the wrong key.
-    async fn upload(&self, path: &std::path::Path, object: &str, expected_sha256: &str) -> Result<(), HandlerError> {
+    async fn upload(
+        &self,
+        path: &std::path::Path,
+        object: &str,
+        expected_sha256: &str,
+    ) -> Result<(), HandlerError> {
         let file = tokio::fs::File::open(path).await.map_err(|e| {
-            HandlerError::permanent(reason::SPOOL_MISSING, format!("cannot open spool file {}: {e}", path.display()))
+            HandlerError::permanent(
+                reason::SPOOL_MISSING,
+                format!("cannot open spool file {}: {e}", path.display()),
+            )
         })?;
-        let (reader, digest) = HashingReader::new(tokio::io::BufReader::with_capacity(256 * 1024, file));
-        self.store.put(object, Box::new(reader)).await.map_err(storage_error)?;
+        let (reader, digest) =
+            HashingReader::new(tokio::io::BufReader::with_capacity(256 * 1024, file));
+        self.store
+            .put(object, Box::new(reader))
+            .await
+            .map_err(storage_error)?;
         let actual = digest.hex();
         if actual != expected_sha256 {
             let _ = self.store.delete(object).await;
@@ -183,8 +243,11 @@ impl Uploader {
     }
 
     async fn read_manifest(&self, key: &str) -> Result<Manifest, HandlerError> {
-        let bytes = get_bytes(self.store.as_ref(), key).await.map_err(storage_error)?;
-        Manifest::from_json(&bytes).map_err(|e| HandlerError::permanent(reason::STORAGE_ERROR, format!("{key}: {e}")))
+        let bytes = get_bytes(self.store.as_ref(), key)
+            .await
+            .map_err(storage_error)?;
+        Manifest::from_json(&bytes)
+            .map_err(|e| HandlerError::permanent(reason::STORAGE_ERROR, format!("{key}: {e}")))
     }
 
     async fn clean_spool(&self, job_id: &str) {
@@ -196,7 +259,9 @@ impl Uploader {
 }
 
 fn uploaded_event(dump: &DumpCompleted, manifest: &Manifest, key: &str) -> Outgoing {
-    let duration = (manifest.completed_at - manifest.started_at).num_milliseconds().max(0) as u64;
+    let duration = (manifest.completed_at - manifest.started_at)
+        .num_milliseconds()
+        .max(0) as u64;
     let event = BackupUploaded {
         job_id: dump.job_id.clone(),
         source: dump.source.clone(),
@@ -211,5 +276,10 @@ fn uploaded_event(dump: &DumpCompleted, manifest: &Manifest, key: &str) -> Outgo
         duration_ms: duration,
         databases: manifest.databases.clone(),
     };
-    Outgoing::event(EventKind::Uploaded, &dump.source, &event, format!("{}/uploaded", dump.job_id))
+    Outgoing::event(
+        EventKind::Uploaded,
+        &dump.source,
+        &event,
+        format!("{}/uploaded", dump.job_id),
+    )
 }

@@ -10,8 +10,8 @@ mod validate;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Toml};
 use figment::Figment;
+use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use validate::{ConfigError, ConfigProblem};

@@ -11,19 +11,23 @@ use crate::schedule;
 pub struct ConfigProblem {
     /// The key, as a path (`sources[2].schedule`).
     pub key: String,
-    /// The value found (never a secret: the configuration holds none).
-    pub value: String,
+    /// The value found (never a secret: the configuration holds none); `None` when
+    /// the problem is not about one value (an unknown key, a wrong type).
+    pub value: Option<String>,
     /// What would be accepted.
     pub expected: String,
 }
 
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: invalid value {:?}: expected {}",
-            self.key, self.value, self.expected
-        )
+        match &self.value {
+            Some(value) => write!(
+                f,
+                "{}: invalid value {value:?}: expected {}",
+                self.key, self.expected
+            ),
+            None => write!(f, "{}: {}", self.key, self.expected),
+        }
     }
 }
 
@@ -50,7 +54,7 @@ impl ConfigError {
         ConfigError {
             problems: vec![ConfigProblem {
                 key: key.into(),
-                value: value.into(),
+                value: Some(value.into()),
                 expected: expected.into(),
             }],
         }
@@ -72,7 +76,7 @@ impl ConfigError {
                     .unwrap_or_default();
                 ConfigProblem {
                     key,
-                    value: String::new(),
+                    value: None,
                     expected: format!("{}{origin}", e.kind),
                 }
             })
@@ -88,7 +92,7 @@ impl Config {
         let mut bad = |key: String, value: &str, expected: &str| {
             problems.push(ConfigProblem {
                 key,
-                value: value.to_string(),
+                value: Some(value.to_string()),
                 expected: expected.to_string(),
             })
         };
@@ -97,21 +101,42 @@ impl Config {
             let u = u.trim();
             u.starts_with("nats://") || u.starts_with("tls://") || u.starts_with("ws")
         }) {
-            bad("nats.url".into(), &self.nats.url, "nats://host:port (comma-separated for several)");
+            bad(
+                "nats.url".into(),
+                &self.nats.url,
+                "nats://host:port (comma-separated for several)",
+            );
         }
         if !(1..=5).contains(&self.nats.replicas) {
-            bad("nats.replicas".into(), &self.nats.replicas.to_string(), "1 to 5 (3 on a three-node cluster)");
+            bad(
+                "nats.replicas".into(),
+                &self.nats.replicas.to_string(),
+                "1 to 5 (3 on a three-node cluster)",
+            );
         }
         if self.storage.kind == StorageKind::S3 {
             // The S3 store arrives with the uploader issue; refuse it plainly rather
             // than fall back to the local directory.
-            bad("storage.kind".into(), "s3", "\"fs\" (the S3 store is not built yet in this version)");
+            bad(
+                "storage.kind".into(),
+                "s3",
+                "\"fs\" (the S3 store is not built yet in this version)",
+            );
         }
         if self.storage.prefix.contains("..") || self.storage.prefix.starts_with('/') {
-            bad("storage.prefix".into(), &self.storage.prefix, "a relative key prefix without `..`");
+            bad(
+                "storage.prefix".into(),
+                &self.storage.prefix,
+                "a relative key prefix without `..`",
+            );
         }
-        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err() {
-            bad("http.listen".into(), &self.http.listen, "host:port, e.g. 127.0.0.1:9464, or \"\" to disable");
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            bad(
+                "http.listen".into(),
+                &self.http.listen,
+                "host:port, e.g. 127.0.0.1:9464, or \"\" to disable",
+            );
         }
         if self.dumper.concurrency == 0 {
             bad("dumper.concurrency".into(), "0", "at least 1");
@@ -124,7 +149,11 @@ impl Config {
         for (i, s) in self.sources.iter().enumerate() {
             let key = |field: &str| format!("sources[{i}].{field}");
             if !ferry_proto::subjects::is_valid_source_name(&s.name) {
-                bad(key("name"), &s.name, "1-64 characters of [a-z0-9_-], starting with a letter or digit");
+                bad(
+                    key("name"),
+                    &s.name,
+                    "1-64 characters of [a-z0-9_-], starting with a letter or digit",
+                );
             } else if !names.insert(s.name.as_str()) {
                 bad(key("name"), &s.name, "a name no other source has");
             }
@@ -134,48 +163,75 @@ impl Config {
                     "(a URL with a password, not shown)",
                     "a URL without a password: put it in password_env or password_file",
                 ),
-                Ok(u) if !matches!(u.scheme(), "postgres" | "postgresql" | "mongodb" | "mongodb+srv") => {
+                Ok(u)
+                    if !matches!(
+                        u.scheme(),
+                        "postgres" | "postgresql" | "mongodb" | "mongodb+srv"
+                    ) =>
+                {
                     bad(key("url"), &s.url, "a postgres:// or mongodb:// URL")
                 }
                 Ok(_) => {}
                 Err(e) => bad(key("url"), &s.url, &format!("a valid URL ({e})")),
             }
-            if s.password_env.is_some() && s.password_file.is_some() {
-                bad(key("password_file"), &s.password_file.as_ref().unwrap().display().to_string(), "either password_env or password_file, not both");
+            if let (Some(_), Some(file)) = (&s.password_env, &s.password_file) {
+                bad(
+                    key("password_file"),
+                    &file.display().to_string(),
+                    "either password_env or password_file, not both",
+                );
             }
             if let Some(expr) = &s.schedule
                 && let Err(e) = schedule::parse_cron(expr)
             {
-                bad(key("schedule"), expr, &format!("a cron expression with 5 fields, or 6 with seconds ({e})"));
+                bad(
+                    key("schedule"),
+                    expr,
+                    &format!("a cron expression with 5 fields, or 6 with seconds ({e})"),
+                );
             }
             if schedule::parse_timezone(&s.timezone).is_err() {
-                bad(key("timezone"), &s.timezone, "an IANA time zone name such as Europe/Berlin or UTC");
+                bad(
+                    key("timezone"),
+                    &s.timezone,
+                    "an IANA time zone name such as Europe/Berlin or UTC",
+                );
             }
             if s.timeout.is_zero() {
                 bad(key("timeout"), "0s", "a positive duration such as 2h");
             }
             if s.retention.keep_last == Some(0) {
-                bad(key("retention.keep_last"), "0", "at least 1 (keeping no backup is never what you want)");
+                bad(
+                    key("retention.keep_last"),
+                    "0",
+                    "at least 1 (keeping no backup is never what you want)",
+                );
             }
         }
 
         for (i, n) in self.notify.iter().enumerate() {
             match n {
-                NotifyConfig::Webhook { url, url_env, .. } => {
-                    match (url, url_env) {
-                        (Some(_), Some(_)) => bad(format!("notify[{i}].url_env"), url_env.as_deref().unwrap_or_default(), "either url or url_env, not both"),
-                        (None, None) => bad(format!("notify[{i}].url"), "", "a URL (url) or the environment variable that holds it (url_env)"),
-                        (Some(u), None) if !(u.starts_with("http://") || u.starts_with("https://")) => {
-                            bad(format!("notify[{i}].url"), u, "an http:// or https:// URL")
-                        }
-                        (None, Some(var)) if std::env::var(var).is_err() => bad(
-                            format!("notify[{i}].url_env"),
-                            var,
-                            "the name of an environment variable that is set (it holds the webhook URL)",
-                        ),
-                        _ => {}
+                NotifyConfig::Webhook { url, url_env, .. } => match (url, url_env) {
+                    (Some(_), Some(_)) => bad(
+                        format!("notify[{i}].url_env"),
+                        url_env.as_deref().unwrap_or_default(),
+                        "either url or url_env, not both",
+                    ),
+                    (None, None) => bad(
+                        format!("notify[{i}].url"),
+                        "",
+                        "a URL (url) or the environment variable that holds it (url_env)",
+                    ),
+                    (Some(u), None) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                        bad(format!("notify[{i}].url"), u, "an http:// or https:// URL")
                     }
-                }
+                    (None, Some(var)) if std::env::var(var).is_err() => bad(
+                        format!("notify[{i}].url_env"),
+                        var,
+                        "the name of an environment variable that is set (it holds the webhook URL)",
+                    ),
+                    _ => {}
+                },
             }
         }
 

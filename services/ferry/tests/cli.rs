@@ -1,0 +1,277 @@
+//! The `ferry` binary as an operator runs it: real processes, real NATS and
+//! PostgreSQL, exit codes and messages.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use ferry_testkit::{NatsServer, PgCluster};
+
+fn ferry(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("FERRY_LOG", "warn")
+        .output()
+        .expect("run ferry")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn invalid_configuration_exits_2_naming_every_bad_key_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    // Nothing listens on port 1: a connection attempt would fail differently (exit 1).
+    std::fs::write(
+        &config,
+        r#"
+[nats]
+url = "nats://127.0.0.1:1"
+
+[[sources]]
+name = "Orders!"
+engine = "postgres"
+url = "postgres://backup:hunter2@db1/orders"
+schedule = "61 * * * *"
+timezone = "Mars/Olympus"
+
+[[notify]]
+kind = "webhook"
+url_env = "FERRY_TEST_UNSET_WEBHOOK_URL"
+"#,
+    )
+    .unwrap();
+    let out = ferry(&config, &["up"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    for key in [
+        "sources[0].name",
+        "sources[0].url",
+        "sources[0].schedule",
+        "sources[0].timezone",
+        "notify[0].url_env",
+    ] {
+        assert!(stderr.contains(key), "{key} not named in:\n{stderr}");
+    }
+    assert!(
+        stderr.contains("Mars/Olympus") && stderr.contains("IANA"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("hunter2"),
+        "a password in a URL is never echoed:\n{stderr}"
+    );
+}
+
+#[test]
+fn unknown_keys_and_wrong_types_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    for (toml, expected) in [
+        (
+            "[storage]\nkind = \"fs\"\npaht = \"/tmp/x\"\n",
+            ["storage", "paht"],
+        ),
+        (
+            "[dumper]\nconcurrency = \"many\"\n",
+            ["dumper.concurrency", "\"many\""],
+        ),
+        (
+            "[[sources]]\nname = \"x\"\nengine = \"oracle\"\nurl = \"postgres://h/d\"\n",
+            ["sources", "oracle"],
+        ),
+    ] {
+        std::fs::write(&config, toml).unwrap();
+        let out = ferry(&config, &["up"]);
+        assert_eq!(out.status.code(), Some(2), "{toml}");
+        let stderr = text(&out.stderr);
+        for word in expected {
+            assert!(stderr.contains(word), "{word} not in:\n{stderr}");
+        }
+    }
+    let missing = ferry(&dir.path().join("nope.toml"), &["up"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("nope.toml"));
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, "[nats]\nurl = \"nats://127.0.0.1:4222\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--config")
+        .arg(&config)
+        .arg("up")
+        .env("FERRY_NATS__URL", "http://wrong-scheme")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("nats.url") && stderr.contains("http://wrong-scheme"),
+        "{stderr}"
+    );
+}
+
+/// Kills the child process when the test ends, pass or fail.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_now_waits_for_the_outcome_and_the_backup_can_be_listed_and_fetched() {
+    let nats = NatsServer::start().await;
+    let pg = PgCluster::from_env();
+    let db = pg.create_database("ferry_cli").await;
+    db.connect()
+        .await
+        .batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 1000);")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("pw");
+    std::fs::write(&password_file, &pg.password).unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[nats]
+url = "{nats}"
+[spool]
+path = "{spool}"
+[storage]
+path = "{store}"
+[http]
+listen = "127.0.0.1:0"
+[dumper]
+pg_bin_dir = "{bin}"
+
+[[sources]]
+name = "good"
+engine = "postgres"
+url = "{url}"
+password_file = "{pw}"
+
+[[sources]]
+name = "missingdb"
+engine = "postgres"
+url = "{missing}"
+password_file = "{pw}"
+"#,
+            nats = nats.url(),
+            spool = dir.path().join("spool").display(),
+            store = dir.path().join("store").display(),
+            bin = pg.bin_dir.display(),
+            url = pg.url_without_password(&db.name),
+            missing = pg.url_without_password("no_such_database"),
+            pw = password_file.display(),
+        ),
+    )
+    .unwrap();
+    let _up = Running(
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .arg("--config")
+            .arg(&config)
+            .arg("up")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    let config_for = config.clone();
+    let run = move |args: &'static [&'static str]| {
+        let config = config_for.clone();
+        tokio::task::spawn_blocking(move || ferry(&config, args))
+    };
+    let ok = run(&[
+        "backup",
+        "now",
+        "--source",
+        "good",
+        "--wait",
+        "--timeout",
+        "90s",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    let backup_id = text(&ok.stdout).trim().to_string();
+    assert!(
+        backup_id.len() > 16 && backup_id.contains('T'),
+        "stdout is the backup id: {backup_id:?}"
+    );
+
+    let failed = run(&[
+        "backup",
+        "now",
+        "--source",
+        "missingdb",
+        "--wait",
+        "--timeout",
+        "90s",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(failed.status.code(), Some(1));
+    let stderr = text(&failed.stderr);
+    assert!(
+        stderr.contains("database_not_found") && stderr.contains("no_such_database"),
+        "{stderr}"
+    );
+
+    let unknown = run(&["backup", "now", "--source", "nosuch", "--wait"])
+        .await
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(text(&unknown.stderr).contains("unknown_source"));
+
+    let list = run(&["list", "--source", "good"]).await.unwrap();
+    assert!(
+        text(&list.stdout).contains(&backup_id),
+        "{}",
+        text(&list.stdout)
+    );
+    let json = run(&["list", "--json"]).await.unwrap();
+    let manifests: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        manifests.as_array().unwrap().len(),
+        1,
+        "the failed job left no backup"
+    );
+
+    let restored = dir.path().join("restored");
+    let fetch = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "restore", "--source", "good", "--backup", "latest", "--to-dir",
+        ])
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert_eq!(fetch.status.code(), Some(0), "{}", text(&fetch.stderr));
+    assert!(restored.join(&db.name).join("toc.dat").is_file());
+    // pg_restore reads it without Ferry: list its table of contents.
+    let toc = Command::new(pg.bin_dir.join("pg_restore"))
+        .arg("--list")
+        .arg(restored.join(&db.name))
+        .output()
+        .unwrap();
+    assert!(toc.status.success());
+    assert!(
+        text(&toc.stdout).contains("TABLE DATA public t"),
+        "{}",
+        text(&toc.stdout)
+    );
+}
