@@ -17,6 +17,9 @@ pub const EVENTS_STREAM: &str = "FERRY_EVENTS";
 pub const SOURCES_BUCKET: &str = "ferry-sources";
 /// KV bucket: per-source leases.
 pub const LOCKS_BUCKET: &str = "ferry-locks";
+/// KV bucket: jobs whose dump completed, so a redelivered job is not dumped again
+/// after its spool files were uploaded and removed.
+pub const JOBS_DONE_BUCKET: &str = "ferry-jobs-done";
 /// KV bucket: which notifications were already sent (idempotency on redelivery).
 pub const NOTIFIED_BUCKET: &str = "ferry-notified";
 

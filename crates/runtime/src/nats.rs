@@ -157,6 +157,11 @@ pub async fn declare(js: &jetstream::Context, config: &NatsConfig) -> Result<(),
             "Ferry notifications already sent",
             config.events_max_age,
         ),
+        (
+            subjects::JOBS_DONE_BUCKET,
+            "Ferry jobs whose dump was completed",
+            config.events_max_age,
+        ),
     ];
     for (bucket, description, max_age) in buckets {
         if js.get_key_value(bucket).await.is_ok() {

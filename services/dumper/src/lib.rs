@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::kv;
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{DumpCompleted, DumpFile, Engine, JobRequested, SpoolLocation, Stage};
 use ferry_proto::{Message, reason};
@@ -31,20 +32,26 @@ pub struct Dumper {
     spool: DirSpool,
     node: String,
     pg: PgTools,
+    done: kv::Store,
 }
 
 impl Dumper {
     /// A dumper writing into the configured spool.
-    pub fn new(rt: Runtime) -> std::io::Result<Self> {
-        let spool = DirSpool::new(&rt.config.spool.path)?;
+    pub async fn new(rt: Runtime) -> anyhow::Result<Self> {
+        let spool = DirSpool::new(&rt.config.spool.path).map_err(|e| {
+            anyhow::anyhow!(
+                "failed to create the spool directory {} (spool.path): {e}",
+                rt.config.spool.path.display()
+            )
+        })?;
         let node = spool_node(&rt);
         let pg = PgTools::new(rt.config.dumper.pg_bin_dir.clone());
-        Ok(Dumper {
-            rt,
-            spool,
-            node,
-            pg,
-        })
+        let done = rt
+            .jetstream
+            .get_key_value(subjects::JOBS_DONE_BUCKET)
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the {} bucket: {e}", subjects::JOBS_DONE_BUCKET))?;
+        Ok(Dumper { rt, spool, node, pg, done })
     }
 
     fn marker(&self, job_id: &str) -> std::io::Result<PathBuf> {
@@ -69,12 +76,7 @@ pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()>
         concurrency: rt.config.dumper.concurrency,
         ..Default::default()
     };
-    let handler = Arc::new(Dumper::new(rt.clone()).map_err(|e| {
-        anyhow::anyhow!(
-            "failed to create the spool directory {}: {e}",
-            rt.config.spool.path.display()
-        )
-    })?);
+    let handler = Arc::new(Dumper::new(rt.clone()).await?);
     ferry_runtime::runner::run(
         handler,
         rt.jetstream.clone(),
@@ -137,6 +139,12 @@ impl Handler for Dumper {
         {
             tracing::info!("dump already completed by an earlier delivery; announcing it again");
             return Ok(vec![completed_event(&done)]);
+        }
+        // No marker but recorded as done: the uploader has already taken the files
+        // and removed them. Dumping again would only waste the database's time.
+        if matches!(self.done.get(&job.job_id).await, Ok(Some(_))) {
+            tracing::info!("job already dumped and uploaded by an earlier delivery; nothing to do");
+            return Ok(Vec::new());
         }
 
         let remaining = job
@@ -211,6 +219,12 @@ impl Handler for Dumper {
         tokio::fs::write(&marker, done.encode_to_vec())
             .await
             .map_err(spool_err)?;
+        self.done
+            .put(&job.job_id, job.backup_id.clone().into())
+            .await
+            .map_err(|e| {
+                HandlerError::retryable(reason::INTERNAL, format!("recording the completed dump: {e}"))
+            })?;
         let bytes: u64 = done.files.iter().map(|f| f.size).sum();
         tracing::info!(
             files = done.files.len(),
