@@ -42,6 +42,32 @@ impl Runtime {
         Self::with_client(config, client).await
     }
 
+    /// Runs `handler` on its durable consumer until `shutdown`, `concurrency`
+    /// messages at a time, with the configured retry policy.
+    pub async fn run_handler<H: Handler>(
+        &self,
+        handler: std::sync::Arc<H>,
+        concurrency: usize,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<(), runner::RunnerError> {
+        let retry = &self.config.retry;
+        let options = RunnerOptions {
+            concurrency,
+            grace: retry.shutdown_grace,
+            base_backoff: retry.base,
+            max_backoff: retry.max,
+        };
+        runner::run(
+            handler,
+            self.jetstream.clone(),
+            self.publisher.clone(),
+            self.metrics.clone(),
+            options,
+            shutdown,
+        )
+        .await
+    }
+
     /// Uses an existing connection and declares the streams and buckets.
     pub async fn with_client(
         config: Config,

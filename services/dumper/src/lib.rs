@@ -17,9 +17,7 @@ use ferry_proto::v1::{DumpCompleted, DumpFile, Engine, JobRequested, SpoolLocati
 use ferry_proto::{Message, reason};
 use ferry_runtime::config::{EngineKind, SourceConfig};
 use ferry_runtime::secrets::{SecretSource, read_secret};
-use ferry_runtime::{
-    ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, RunnerOptions, Runtime,
-};
+use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
 use ferry_storage::spool::{DirSpool, hash_file, list_files};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -50,8 +48,16 @@ impl Dumper {
             .jetstream
             .get_key_value(subjects::JOBS_DONE_BUCKET)
             .await
-            .map_err(|e| anyhow::anyhow!("opening the {} bucket: {e}", subjects::JOBS_DONE_BUCKET))?;
-        Ok(Dumper { rt, spool, node, pg, done })
+            .map_err(|e| {
+                anyhow::anyhow!("opening the {} bucket: {e}", subjects::JOBS_DONE_BUCKET)
+            })?;
+        Ok(Dumper {
+            rt,
+            spool,
+            node,
+            pg,
+            done,
+        })
     }
 
     fn marker(&self, job_id: &str) -> std::io::Result<PathBuf> {
@@ -72,20 +78,9 @@ pub fn spool_node(rt: &Runtime) -> String {
 
 /// Runs the dumper until `shutdown`.
 pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let options = RunnerOptions {
-        concurrency: rt.config.dumper.concurrency,
-        ..Default::default()
-    };
     let handler = Arc::new(Dumper::new(rt.clone()).await?);
-    ferry_runtime::runner::run(
-        handler,
-        rt.jetstream.clone(),
-        rt.publisher.clone(),
-        rt.metrics.clone(),
-        options,
-        shutdown,
-    )
-    .await?;
+    rt.run_handler(handler, rt.config.dumper.concurrency, shutdown)
+        .await?;
     Ok(())
 }
 
@@ -223,7 +218,10 @@ impl Handler for Dumper {
             .put(&job.job_id, job.backup_id.clone().into())
             .await
             .map_err(|e| {
-                HandlerError::retryable(reason::INTERNAL, format!("recording the completed dump: {e}"))
+                HandlerError::retryable(
+                    reason::INTERNAL,
+                    format!("recording the completed dump: {e}"),
+                )
             })?;
         let bytes: u64 = done.files.iter().map(|f| f.size).sum();
         tracing::info!(

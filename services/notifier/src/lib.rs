@@ -13,9 +13,7 @@ use ferry_proto::v1::{BackupFailed, BackupUploaded, RetentionApplied, Stage};
 use ferry_proto::{JobMessage, Message};
 use ferry_runtime::config::{NotifyConfig, NotifyOn};
 use ferry_runtime::secrets::{SecretSource, read_secret};
-use ferry_runtime::{
-    ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, RunnerOptions, Runtime,
-};
+use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -126,19 +124,7 @@ impl Notifier {
 /// Runs the notifier until `shutdown`.
 pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()> {
     let handler = Arc::new(Notifier::new(&rt).await?);
-    let options = RunnerOptions {
-        concurrency: 4,
-        ..Default::default()
-    };
-    ferry_runtime::runner::run(
-        handler,
-        rt.jetstream.clone(),
-        rt.publisher.clone(),
-        rt.metrics.clone(),
-        options,
-        shutdown,
-    )
-    .await?;
+    rt.run_handler(handler, 4, shutdown).await?;
     Ok(())
 }
 

@@ -17,9 +17,7 @@ use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupUploaded, ExpiredBackup, KeptBackup, RetentionApplied, Stage};
 use ferry_proto::{Message, reason};
 use ferry_runtime::config::SourceConfig;
-use ferry_runtime::{
-    ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, RunnerOptions, Runtime,
-};
+use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
 use ferry_storage::layout::{
     BACKUPS_PREFIX, OBJECTS_PREFIX, backup_id_of, manifest_key, source_prefix,
 };
@@ -125,19 +123,7 @@ pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()>
     let handler = Arc::new(Retention::new(rt.clone(), store));
     // One run at a time per process keeps two runs from collecting concurrently;
     // across replicas a per-source lease comes with the retention issue.
-    let options = RunnerOptions {
-        concurrency: 1,
-        ..Default::default()
-    };
-    ferry_runtime::runner::run(
-        handler,
-        rt.jetstream.clone(),
-        rt.publisher.clone(),
-        rt.metrics.clone(),
-        options,
-        shutdown,
-    )
-    .await?;
+    rt.run_handler(handler, 1, shutdown).await?;
     Ok(())
 }
 

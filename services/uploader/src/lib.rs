@@ -13,9 +13,7 @@ use std::time::Duration;
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupUploaded, DumpCompleted, Engine, Stage};
 use ferry_proto::{Message, reason};
-use ferry_runtime::{
-    ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, RunnerOptions, Runtime,
-};
+use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
 use ferry_storage::layout::{manifest_key, object_key};
 use ferry_storage::spool::DirSpool;
 use ferry_storage::{Manifest, ManifestFile, ObjectStore, StorageError, get_bytes};
@@ -49,19 +47,8 @@ pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()>
         spool,
         ferry_runtime::store::open(&rt.config.storage)?,
     ));
-    let options = RunnerOptions {
-        concurrency: rt.config.uploader.concurrency,
-        ..Default::default()
-    };
-    ferry_runtime::runner::run(
-        handler,
-        rt.jetstream.clone(),
-        rt.publisher.clone(),
-        rt.metrics.clone(),
-        options,
-        shutdown,
-    )
-    .await?;
+    rt.run_handler(handler, rt.config.uploader.concurrency, shutdown)
+        .await?;
     Ok(())
 }
 

@@ -53,6 +53,9 @@ pub struct Config {
     /// Retention worker settings.
     #[serde(default)]
     pub retention: RetentionWorkerConfig,
+    /// How failed work is retried.
+    #[serde(default)]
+    pub retry: RetryConfig,
 }
 
 impl Config {
@@ -424,5 +427,139 @@ impl Default for RetentionWorkerConfig {
         RetentionWorkerConfig {
             gc_grace: Duration::from_secs(3600),
         }
+    }
+}
+
+/// `[retry]`: retryable failures are retried after `base`, doubling per attempt up to
+/// `max`, for as many deliveries as each worker allows.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// First retry delay.
+    #[serde(with = "humantime_serde")]
+    pub base: Duration,
+    /// Longest retry delay.
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+    /// How long in-flight work may finish after a shutdown signal.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            base: Duration::from_secs(2),
+            max: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_configuration_parses() {
+        let config = Config::from_toml(
+            r#"
+[nats]
+url = "nats://127.0.0.1:4222"
+
+[spool]
+kind = "dir"
+path = "/var/lib/ferry/spool"
+
+[storage]
+kind = "fs"
+path = "/var/lib/ferry/store"
+prefix = "ferry"
+
+[[sources]]
+name = "orders"
+engine = "postgres"
+url = "postgres://backup@db1.internal:5432/orders"
+password_env = "ORDERS_PG_PASSWORD"
+schedule = "0 2 * * *"
+timezone = "Europe/Berlin"
+timeout = "2h"
+retention = { keep_last = 7, keep_daily = 14, keep_weekly = 8, keep_monthly = 12 }
+
+[[sources]]
+name = "catalog"
+engine = "mongodb"
+url = "mongodb://db2.internal:27017"
+databases = ["shop"]
+schedule = "*/15 * * * *"
+
+[[notify]]
+kind = "webhook"
+url = "https://hooks.example.com/ferry"
+on = ["failed", "succeeded"]
+
+[telemetry]
+otlp_endpoint = "http://127.0.0.1:4317"
+
+[http]
+listen = "127.0.0.1:9464"
+"#,
+        )
+        .unwrap();
+        let orders = config.source("orders").unwrap();
+        assert_eq!(orders.timeout, Duration::from_secs(7200));
+        assert_eq!(orders.retention.keep_monthly, Some(12));
+        assert_eq!(config.source("catalog").unwrap().timezone, "UTC");
+        assert_eq!(
+            config.dumper.concurrency, 2,
+            "defaults fill what the file leaves out"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = Config::from_toml(
+            r#"
+[http]
+listen = "localhost"
+
+[[sources]]
+name = "a"
+engine = "postgres"
+url = "postgres://h/db"
+schedule = "* * *"
+
+[[sources]]
+name = "a"
+engine = "postgres"
+url = "not a url"
+timeout = "0s"
+retention = { keep_last = 0 }
+"#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "http.listen",
+                "sources[0].schedule",
+                "sources[1].name",
+                "sources[1].url",
+                "sources[1].timeout",
+                "sources[1].retention.keep_last"
+            ]
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("sources[0].schedule: invalid value \"* * *\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn s3_storage_is_refused_until_it_exists() {
+        let err = Config::from_toml("[storage]\nkind = \"s3\"\nbucket = \"b\"\n").unwrap_err();
+        assert_eq!(err.problems[0].key, "storage.kind");
     }
 }
