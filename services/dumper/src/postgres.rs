@@ -42,7 +42,7 @@ impl PgTools {
         requested: &[String],
         job_dir: &Path,
     ) -> Result<(String, String, Vec<String>), HandlerError> {
-        let base = tokio_postgres::Config::from_str_checked(&source.url, &source.name)?;
+        let base = parse_url(&source.url, &source.name)?;
         let databases = if !requested.is_empty() {
             requested.to_vec()
         } else if !source.databases.is_empty() {
@@ -247,19 +247,13 @@ fn classify_connect_error(source: &str, db: &str, e: &tokio_postgres::Error) -> 
     }
 }
 
-trait ConfigExt: Sized {
-    fn from_str_checked(url: &str, source: &str) -> Result<Self, HandlerError>;
-}
-
-impl ConfigExt for tokio_postgres::Config {
-    fn from_str_checked(url: &str, source: &str) -> Result<Self, HandlerError> {
-        url.parse().map_err(|e| {
-            HandlerError::permanent(
-                reason::DUMP_FAILED,
-                format!("source {source}: invalid postgres url: {e}"),
-            )
-        })
-    }
+fn parse_url(url: &str, source: &str) -> Result<tokio_postgres::Config, HandlerError> {
+    url.parse().map_err(|e| {
+        HandlerError::permanent(
+            reason::DUMP_FAILED,
+            format!("source {source}: invalid postgres url: {e}"),
+        )
+    })
 }
 
 #[cfg(test)]

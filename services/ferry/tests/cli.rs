@@ -132,6 +132,7 @@ async fn backup_now_waits_for_the_outcome_and_the_backup_can_be_listed_and_fetch
     let nats = NatsServer::start().await;
     let pg = PgCluster::from_env();
     let db = pg.create_database("ferry_cli").await;
+    let http_port = ferry_testkit::free_port();
     db.connect()
         .await
         .batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 1000);")
@@ -152,7 +153,7 @@ path = "{spool}"
 [storage]
 path = "{store}"
 [http]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{http_port}"
 [dumper]
 pg_bin_dir = "{bin}"
 
@@ -174,6 +175,7 @@ password_file = "{pw}"
             bin = pg.bin_dir.display(),
             url = pg.url_without_password(&db.name),
             missing = pg.url_without_password("no_such_database"),
+            http_port = http_port,
             pw = password_file.display(),
         ),
     )
@@ -250,6 +252,19 @@ password_file = "{pw}"
         "the failed job left no backup"
     );
 
+    // The health and metrics endpoints of the running process.
+    assert!(http_get(http_port, "/healthz").starts_with("HTTP/1.1 200"));
+    assert!(http_get(http_port, "/readyz").starts_with("HTTP/1.1 200"));
+    let metrics = http_get(http_port, "/metrics");
+    assert!(
+        metrics.contains(r#"ferry_messages_handled_total{stage="uploader",outcome="succeeded"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"ferry_messages_handled_total{stage="dumper",outcome="failed"} 1"#),
+        "{metrics}"
+    );
+
     let restored = dir.path().join("restored");
     let fetch = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .arg("--config")
@@ -274,4 +289,19 @@ password_file = "{pw}"
         "{}",
         text(&toc.stdout)
     );
+}
+
+/// A plain HTTP/1.1 GET: the response's status line, headers and body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to ferry's http port");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }

@@ -51,6 +51,8 @@ pub struct ManualReply {
 }
 
 struct Rejection {
+    /// The caller's job id when the request named a valid one.
+    job_id: Option<String>,
     source: String,
     reason: &'static str,
     message: String,
@@ -112,6 +114,7 @@ async fn accept(rt: &Runtime, message: &async_nats::Message, span: &tracing::Spa
     let max = rt.config.scheduler.max_request_bytes;
     let parsed = if message.payload.len() > max {
         Err(Rejection {
+            job_id: None,
             source: String::new(),
             reason: reason::PAYLOAD_TOO_LARGE,
             message: format!(
@@ -124,7 +127,7 @@ async fn accept(rt: &Runtime, message: &async_nats::Message, span: &tracing::Spa
     };
     let request = match parsed {
         Ok(request) => request,
-        Err(rejection) => return reject(rt, rejection, None, span).await,
+        Err(rejection) => return reject(rt, rejection, span).await,
     };
     let source = rt.config.source(&request.source).expect("checked by parse");
     let job_id = request
@@ -168,14 +171,26 @@ async fn accept(rt: &Runtime, message: &async_nats::Message, span: &tracing::Spa
 
 fn parse(rt: &Runtime, payload: &[u8]) -> Result<ManualRequest, Rejection> {
     let request: ManualRequest = serde_json::from_slice(payload).map_err(|e| Rejection {
+        job_id: None,
         source: String::new(),
         reason: reason::MALFORMED_REQUEST,
         message: format!(
             "job request is not valid JSON of the form {{\"source\":\"name\"}} (optional: reason, databases, job_id): {e}"
         ),
     })?;
+    if let Some(id) = &request.job_id
+        && uuid::Uuid::parse_str(id).is_err()
+    {
+        return Err(Rejection {
+            job_id: None,
+            source: request.source.chars().take(64).collect(),
+            reason: reason::MALFORMED_REQUEST,
+            message: format!("job_id {id:?} is not a UUID"),
+        });
+    }
     if !subjects::is_valid_source_name(&request.source) {
         return Err(Rejection {
+            job_id: request.job_id.clone(),
             // Bounded: the name is echoed in the event, and it may be huge.
             source: request.source.chars().take(64).collect(),
             reason: reason::INVALID_SOURCE_NAME,
@@ -193,6 +208,7 @@ fn parse(rt: &Runtime, payload: &[u8]) -> Result<ManualRequest, Rejection> {
             .take(20)
             .collect();
         return Err(Rejection {
+            job_id: request.job_id.clone(),
             message: format!(
                 "unknown source {:?}; configured sources: {}",
                 request.source,
@@ -202,25 +218,14 @@ fn parse(rt: &Runtime, payload: &[u8]) -> Result<ManualRequest, Rejection> {
             reason: reason::UNKNOWN_SOURCE,
         });
     }
-    if let Some(id) = &request.job_id
-        && uuid::Uuid::parse_str(id).is_err()
-    {
-        return Err(Rejection {
-            source: request.source,
-            reason: reason::MALFORMED_REQUEST,
-            message: format!("job_id {id:?} is not a UUID"),
-        });
-    }
     Ok(request)
 }
 
-async fn reject(
-    rt: &Runtime,
-    rejection: Rejection,
-    job_id: Option<String>,
-    span: &tracing::Span,
-) -> ManualReply {
-    let job_id = job_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+async fn reject(rt: &Runtime, rejection: Rejection, span: &tracing::Span) -> ManualReply {
+    let job_id = rejection
+        .job_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     span.record("ferry.job_id", job_id.as_str());
     span.record("ferry.source", subjects::source_token(&rejection.source));
     tracing::warn!(reason = rejection.reason, error = %rejection.message, "job request rejected");
