@@ -20,6 +20,8 @@ pub const LOCKS_BUCKET: &str = "ferry-locks";
 /// KV bucket: jobs whose dump completed, so a redelivered job is not dumped again
 /// after its spool files were uploaded and removed.
 pub const JOBS_DONE_BUCKET: &str = "ferry-jobs-done";
+/// KV bucket: per channel and source, the failure streak being collapsed.
+pub const NOTIFY_STATE_BUCKET: &str = "ferry-notify-state";
 /// KV bucket: which notifications were already sent (idempotency on redelivery).
 pub const NOTIFIED_BUCKET: &str = "ferry-notified";
 

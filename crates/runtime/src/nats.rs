@@ -158,6 +158,11 @@ pub async fn declare(js: &jetstream::Context, config: &NatsConfig) -> Result<(),
             config.events_max_age,
         ),
         (
+            subjects::NOTIFY_STATE_BUCKET,
+            "Ferry failure streaks per notification channel and source",
+            Duration::ZERO,
+        ),
+        (
             subjects::JOBS_DONE_BUCKET,
             "Ferry jobs whose dump was completed",
             config.events_max_age,

@@ -33,6 +33,8 @@ pub enum HandlerError {
         reason: &'static str,
         /// What failed and what to do.
         message: String,
+        /// When the other side said when to come back (HTTP `Retry-After`).
+        retry_after: Option<Duration>,
     },
     /// Will fail the same way again (bad credentials, unknown source): stop now.
     Permanent {
@@ -49,6 +51,7 @@ impl HandlerError {
         HandlerError::Retryable {
             reason,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -57,6 +60,20 @@ impl HandlerError {
         HandlerError::Permanent {
             reason,
             message: message.into(),
+        }
+    }
+
+    /// Asks for the next attempt after `delay` instead of the usual backoff.
+    pub fn retry_after(self, delay: Duration) -> Self {
+        match self {
+            HandlerError::Retryable {
+                reason, message, ..
+            } => HandlerError::Retryable {
+                reason,
+                message,
+                retry_after: Some(delay),
+            },
+            permanent => permanent,
         }
     }
 
@@ -414,7 +431,13 @@ impl<H: Handler> Delivery<H> {
                 let exhausted = attempt as i64 >= self.spec.max_deliver;
                 let is_final = matches!(err, HandlerError::Permanent { .. }) || exhausted;
                 if !is_final {
-                    let delay = backoff(&self.options, attempt);
+                    let delay = match &err {
+                        HandlerError::Retryable {
+                            retry_after: Some(delay),
+                            ..
+                        } => (*delay).min(self.options.max_backoff),
+                        _ => backoff(&self.options, attempt),
+                    };
                     tracing::warn!(reason = err.reason(), error = err.message(), attempt, retry_in = ?delay, "job failed; will retry");
                     self.metrics.record(stage, "retried", elapsed);
                     ack(&message, AckKind::Nak(Some(delay))).await;

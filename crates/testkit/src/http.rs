@@ -9,9 +9,20 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 
+/// How the receiver answers one request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// This status, with a `Retry-After` header when given.
+    Status(u16, Option<&'static str>),
+    /// Never answer: the connection stays open (a dead or stuck channel).
+    Hang,
+}
+
 /// One request the receiver got.
 #[derive(Debug, Clone)]
 pub struct ReceivedRequest {
+    /// When it arrived.
+    pub at: std::time::Instant,
     /// The path.
     pub path: String,
     /// The headers.
@@ -30,9 +41,13 @@ impl ReceivedRequest {
 #[derive(Clone, Default)]
 struct Shared {
     requests: Arc<Mutex<Vec<ReceivedRequest>>>,
+    /// Answers for the next requests, in order; then 200, or `after` when set.
+    script: Arc<Mutex<std::collections::VecDeque<Reply>>>,
+    after: Arc<Mutex<Option<Reply>>>,
 }
 
-/// An HTTP server that answers 200 to every POST and keeps what it got.
+/// An HTTP server that keeps every POST it gets and answers 200, or what a test
+/// scripted.
 pub struct HttpReceiver {
     addr: SocketAddr,
     shared: Shared,
@@ -41,7 +56,15 @@ pub struct HttpReceiver {
 impl HttpReceiver {
     /// Starts on a free loopback port.
     pub async fn start() -> HttpReceiver {
+        Self::start_scripted(Vec::new(), None).await
+    }
+
+    /// Starts a receiver that answers the first requests with `script`, then every
+    /// later one with `after` (200 when `None`).
+    pub async fn start_scripted(script: Vec<Reply>, after: Option<Reply>) -> HttpReceiver {
         let shared = Shared::default();
+        shared.script.lock().expect("receiver lock").extend(script);
+        *shared.after.lock().expect("receiver lock") = after;
         let app = Router::new()
             .route("/{*path}", post(record))
             .with_state(shared.clone());
@@ -71,15 +94,33 @@ async fn record(
     axum::extract::Path(path): axum::extract::Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     shared
         .requests
         .lock()
         .expect("receiver lock")
         .push(ReceivedRequest {
+            at: std::time::Instant::now(),
             path,
             headers,
             body,
         });
-    StatusCode::OK
+    let reply = shared
+        .script
+        .lock()
+        .expect("receiver lock")
+        .pop_front()
+        .or_else(|| shared.after.lock().expect("receiver lock").clone());
+    match reply {
+        None => StatusCode::OK.into_response(),
+        Some(Reply::Hang) => std::future::pending().await,
+        Some(Reply::Status(code, retry_after)) => {
+            let status = StatusCode::from_u16(code).expect("a valid status");
+            match retry_after {
+                Some(value) => (status, [("retry-after", value)], "scripted").into_response(),
+                None => (status, "scripted").into_response(),
+            }
+        }
+    }
 }

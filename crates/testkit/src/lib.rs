@@ -9,13 +9,15 @@
 pub mod http;
 pub mod nats;
 pub mod postgres;
+pub mod smtp;
 
 use std::future::Future;
 use std::time::Duration;
 
-pub use http::{HttpReceiver, ReceivedRequest};
+pub use http::{HttpReceiver, ReceivedRequest, Reply};
 pub use nats::NatsServer;
 pub use postgres::{PgCluster, TestDatabase};
+pub use smtp::{ReceivedMail, SmtpSink};
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
 /// Tests wait for conditions, never for fixed sleeps.

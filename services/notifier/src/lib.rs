@@ -1,207 +1,58 @@
-//! The notifier: subscribes to the events and tells each configured channel what its
-//! rules ask for. Each event is sent once per channel, even when redelivered: a
-//! JetStream KV bucket remembers what was sent.
+//! The notifier: tells people what happened, each channel by its own rules.
+//!
+//! Every channel has its own durable consumer on the event stream, so a channel that
+//! is down or slow retries on its own schedule and never delays another channel or
+//! the pipeline. Per channel, each event is notified once even when redelivered (a
+//! KV record of what was sent), and repeated failures of a source collapse into one
+//! alert with a count until a backup succeeds again, which sends a recovery message.
 
-mod webhook;
+pub mod channel;
+mod digest;
+mod event;
+mod message;
+mod send;
+mod streak;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use async_nats::jetstream::kv;
-use ferry_proto::subjects::{self, EventKind};
-use ferry_proto::v1::{BackupFailed, BackupUploaded, RetentionApplied, Stage};
-use ferry_proto::{JobMessage, Message};
-use ferry_runtime::config::{NotifyConfig, NotifyOn};
-use ferry_runtime::secrets::{SecretSource, read_secret};
-use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
-use secrecy::ExposeSecret;
-use sha2::{Digest, Sha256};
+use ferry_runtime::Runtime;
+use ferry_runtime::config::NotifyOn;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use webhook::notification_body;
+pub use channel::Channel;
+pub use channel::open_all;
+pub use digest::{Digest, SourceDigest, build_digest, send_digest};
+pub use event::Event;
+pub use message::{Notification, NotificationKind};
+pub use send::{Delivery, signature};
 
-/// An event the notifier reacts to.
-#[derive(Debug, Clone)]
-pub enum Event {
-    /// A stage failed a job.
-    Failed(BackupFailed),
-    /// A backup was stored.
-    Uploaded(BackupUploaded),
-    /// Retention ran.
-    Retention(RetentionApplied),
-}
-
-impl Event {
-    fn kind(&self) -> NotifyOn {
-        match self {
-            Event::Failed(_) => NotifyOn::Failed,
-            Event::Uploaded(_) => NotifyOn::Succeeded,
-            Event::Retention(_) => NotifyOn::Retention,
-        }
-    }
-
-    fn encoded(&self) -> Vec<u8> {
-        match self {
-            Event::Failed(m) => m.encode_to_vec(),
-            Event::Uploaded(m) => m.encode_to_vec(),
-            Event::Retention(m) => m.encode_to_vec(),
-        }
-    }
-}
-
-impl JobMessage for Event {
-    fn job_id(&self) -> &str {
-        match self {
-            Event::Failed(m) => &m.job_id,
-            Event::Uploaded(m) => &m.job_id,
-            Event::Retention(m) => &m.job_id,
-        }
-    }
-
-    fn source(&self) -> &str {
-        match self {
-            Event::Failed(m) => &m.source,
-            Event::Uploaded(m) => &m.source,
-            Event::Retention(m) => &m.source,
-        }
-    }
-}
-
-/// A channel ready to send: its URL is resolved once at start-up.
-struct Channel {
-    index: usize,
-    on: Vec<NotifyOn>,
-    url: secrecy::SecretString,
-}
-
-/// The notifier's handler.
-pub struct Notifier {
-    channels: Vec<Channel>,
-    http: reqwest::Client,
-    sent: kv::Store,
-}
-
-impl Notifier {
-    /// Resolves every channel's URL (a missing env var is a start-up error naming it).
-    pub async fn new(rt: &Runtime) -> anyhow::Result<Self> {
-        let mut channels = Vec::new();
-        for (index, n) in rt.config.notify.iter().enumerate() {
-            match n {
-                NotifyConfig::Webhook { url, url_env, on } => {
-                    let url = match (url, url_env) {
-                        (Some(u), _) => secrecy::SecretString::from(u.clone()),
-                        (None, Some(var)) => read_secret(SecretSource::Env(var))
-                            .map_err(|e| anyhow::anyhow!("notify[{index}].url_env: {e}"))?,
-                        (None, None) => anyhow::bail!("notify[{index}]: set url or url_env"),
-                    };
-                    channels.push(Channel {
-                        index,
-                        on: on.clone(),
-                        url,
-                    });
-                }
-            }
-        }
-        let sent = rt
-            .jetstream
-            .get_key_value(subjects::NOTIFIED_BUCKET)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("opening the {} bucket: {e}", subjects::NOTIFIED_BUCKET)
-            })?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .user_agent(concat!("ferry-notifier/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Notifier {
-            channels,
-            http,
-            sent,
-        })
-    }
-}
-
-/// Runs the notifier until `shutdown`.
+/// Runs one consumer per channel, and the digest schedule of channels that want
+/// one, until `shutdown`.
 pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let handler = Arc::new(Notifier::new(&rt).await?);
-    rt.run_handler(handler, 4, shutdown).await?;
+    let channels = channel::open_all(&rt).await?;
+    let mut tasks = JoinSet::new();
+    for channel in channels {
+        let channel = Arc::new(channel);
+        if channel.config.on.contains(&NotifyOn::Digest) {
+            let (channel, shutdown) = (channel.clone(), shutdown.clone());
+            tasks.spawn(async move { digest::run_schedule(channel, shutdown).await });
+        }
+        let (rt, shutdown) = (rt.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            // One message at a time per channel keeps a source's failures and its
+            // recovery in order.
+            rt.run_handler(channel, 1, shutdown)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+    if tasks.is_empty() {
+        tracing::info!("no notification channels configured");
+        shutdown.cancelled().await;
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
     Ok(())
-}
-
-impl Handler for Notifier {
-    type Input = Event;
-    const STAGE: Stage = Stage::Notifier;
-
-    fn consumer(&self) -> ConsumerSpec {
-        ConsumerSpec {
-            stream: subjects::EVENTS_STREAM,
-            durable: "ferry-notifier".into(),
-            filter: subjects::EVENTS_ALL.into(),
-            ack_wait: Duration::from_secs(60),
-            max_deliver: 8,
-        }
-    }
-
-    fn decode(&self, subject: &str, payload: &[u8]) -> Result<Option<Event>, prost::DecodeError> {
-        Ok(match EventKind::of_subject(subject) {
-            Some(EventKind::Failed) => {
-                let failed = BackupFailed::decode(payload)?;
-                // The notifier's own failures are logged, not notified: notifying
-                // about a channel that cannot be reached would loop.
-                (failed.stage != Stage::Notifier as i32).then_some(Event::Failed(failed))
-            }
-            Some(EventKind::Uploaded) => Some(Event::Uploaded(BackupUploaded::decode(payload)?)),
-            Some(EventKind::Retention) => {
-                Some(Event::Retention(RetentionApplied::decode(payload)?))
-            }
-            _ => None,
-        })
-    }
-
-    async fn handle(&self, event: Event, _ctx: JobContext) -> Result<Vec<Outgoing>, HandlerError> {
-        let trace_id = ferry_telemetry::current_trace_id();
-        let body = notification_body(&event, trace_id.as_deref());
-        let event_key = dedup_key(&event);
-        let mut first_error = None;
-        for channel in self
-            .channels
-            .iter()
-            .filter(|c| c.on.contains(&event.kind()))
-        {
-            let key = format!("{event_key}.c{}", channel.index);
-            if matches!(self.sent.get(&key).await, Ok(Some(_))) {
-                continue;
-            }
-            match webhook::post(&self.http, channel.url.expose_secret(), &body).await {
-                Ok(()) => {
-                    if let Err(e) = self.sent.put(&key, "sent".into()).await {
-                        tracing::warn!(channel = channel.index, error = %e, "notification sent but not recorded; a redelivery may repeat it");
-                    }
-                }
-                Err(e) => {
-                    // Keep going: one failing channel must not stop the others.
-                    tracing::warn!(channel = channel.index, error = %e, "notification failed");
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        match first_error {
-            None => Ok(Vec::new()),
-            Some(e) => Err(e),
-        }
-    }
-}
-
-/// A KV key for "this event": the job and kind, plus a digest of the event so two
-/// different failures of one job are two notifications.
-fn dedup_key(event: &Event) -> String {
-    let digest = hex::encode(&Sha256::digest(event.encoded())[..8]);
-    let job = event.job_id();
-    let job = if job.is_empty() { "nojob" } else { job };
-    let kind = match event.kind() {
-        NotifyOn::Failed => "failed",
-        NotifyOn::Succeeded => "succeeded",
-        NotifyOn::Retention => "retention",
-    };
-    format!("{job}.{kind}.{digest}")
 }

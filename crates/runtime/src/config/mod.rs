@@ -5,6 +5,7 @@
 //! The configuration holds no secrets: a source or channel names the environment
 //! variable or file its secret comes from, and the secret is read only where used.
 
+mod notify;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use notify::{NotifierConfig, NotifyConfig, NotifyKind, NotifyOn, Severity};
 pub use validate::{ConfigError, ConfigProblem};
 
 /// The whole configuration of a Ferry process (every worker reads the same file).
@@ -56,6 +58,9 @@ pub struct Config {
     /// How failed work is retried.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// Notifier settings shared by every channel.
+    #[serde(default)]
+    pub notifier: NotifierConfig,
 }
 
 impl Config {
@@ -294,36 +299,13 @@ impl RetentionPolicy {
     }
 }
 
-/// Which outcomes a channel is told about.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum NotifyOn {
-    /// A stage failed a job for good.
-    Failed,
-    /// A backup was stored.
-    Succeeded,
-    /// Retention ran.
-    Retention,
-}
-
-/// `[[notify]]`: one notification channel.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum NotifyConfig {
-    /// A generic JSON webhook.
-    Webhook {
-        /// The URL, when it is not a secret.
-        url: Option<String>,
-        /// Environment variable holding the URL (webhook URLs often embed a token).
-        url_env: Option<String>,
-        /// Which outcomes to send (default: failed).
-        #[serde(default = "default_notify_on")]
-        on: Vec<NotifyOn>,
-    },
-}
-
-fn default_notify_on() -> Vec<NotifyOn> {
-    vec![NotifyOn::Failed]
+/// Whether `name` is a valid name token: 1-64 characters of `[a-z0-9_-]`.
+pub(crate) fn valid_token(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 /// `[telemetry]`

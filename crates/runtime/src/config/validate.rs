@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use super::{Config, NotifyConfig, StorageKind};
+use super::{Config, StorageKind};
 use crate::schedule;
 
 /// One invalid configuration value.
@@ -209,30 +209,33 @@ impl Config {
             }
         }
 
+        let mut names = HashSet::new();
         for (i, n) in self.notify.iter().enumerate() {
-            match n {
-                NotifyConfig::Webhook { url, url_env, .. } => match (url, url_env) {
-                    (Some(_), Some(_)) => bad(
-                        format!("notify[{i}].url_env"),
-                        url_env.as_deref().unwrap_or_default(),
-                        "either url or url_env, not both",
-                    ),
-                    (None, None) => bad(
-                        format!("notify[{i}].url"),
-                        "",
-                        "a URL (url) or the environment variable that holds it (url_env)",
-                    ),
-                    (Some(u), None) if !(u.starts_with("http://") || u.starts_with("https://")) => {
-                        bad(format!("notify[{i}].url"), u, "an http:// or https:// URL")
-                    }
-                    (None, Some(var)) if std::env::var(var).is_err() => bad(
-                        format!("notify[{i}].url_env"),
-                        var,
-                        "the name of an environment variable that is set (it holds the webhook URL)",
-                    ),
-                    _ => {}
-                },
+            problems.extend(n.problems(i));
+            let name = n.name_or_default(i);
+            if !names.insert(name.clone()) {
+                problems.push(ConfigProblem {
+                    key: format!("notify[{i}].name"),
+                    value: Some(name),
+                    expected: "a name no other channel has".into(),
+                });
             }
+        }
+        if let Some(template) = &self.notifier.trace_url
+            && !template.contains("{trace_id}")
+        {
+            problems.push(ConfigProblem {
+                key: "notifier.trace_url".into(),
+                value: Some(template.clone()),
+                expected: "a URL template containing {trace_id}".into(),
+            });
+        }
+        if self.notifier.max_attempts == 0 {
+            problems.push(ConfigProblem {
+                key: "notifier.max_attempts".into(),
+                value: Some("0".into()),
+                expected: "at least 1".into(),
+            });
         }
 
         if problems.is_empty() {
