@@ -49,23 +49,33 @@ impl NatsServer {
     /// oversized job requests that Ferry itself must refuse.
     pub async fn start() -> NatsServer {
         let dir = tempfile::tempdir().expect("temp dir for nats");
-        let port = crate::free_port();
         let mut server = NatsServer {
             child: None,
-            port,
+            port: 0,
             dir,
         };
         server.spawn().await;
         server
     }
 
+    /// Starts nats-server on `self.port`, or on a port it picks itself when 0: the
+    /// server reports it in a ports file, so two tests starting at once can never
+    /// race for one port and end up sharing a server.
     async fn spawn(&mut self) {
         let config = self.dir.path().join("nats.conf");
+        let ports_dir = self.dir.path().join("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).expect("ports dir");
+        let listen = if self.port == 0 {
+            "-1".to_string()
+        } else {
+            self.port.to_string()
+        };
         std::fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n}}\n",
-                self.port,
+                "listen: 127.0.0.1:{listen}\nmax_payload: 8MB\nports_file_dir: {:?}\njetstream {{\n  store_dir: {:?}\n}}\n",
+                ports_dir,
                 self.dir.path().join("js")
             ),
         )
@@ -79,6 +89,21 @@ impl NatsServer {
             .spawn()
             .expect("spawn nats-server");
         self.child = Some(child);
+        self.port = crate::wait_until(
+            "nats-server to report its port",
+            Duration::from_secs(20),
+            || async {
+                let file = std::fs::read_dir(&ports_dir)
+                    .ok()?
+                    .filter_map(|e| e.ok())
+                    .next()?;
+                let ports: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(file.path()).ok()?).ok()?;
+                let url = ports["nats"].as_array()?.first()?.as_str()?.to_string();
+                url.rsplit(':').next()?.parse::<u16>().ok()
+            },
+        )
+        .await;
         crate::wait_until(
             "nats-server to accept connections",
             Duration::from_secs(20),

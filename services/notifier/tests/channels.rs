@@ -138,17 +138,19 @@ async fn every_channel_says_what_failed_collapses_repeats_and_announces_recovery
 [[notify]]
 kind = "discord"
 url = "{discord}"
+on = ["failed", "succeeded", "digest"]
 
 [[notify]]
 kind = "slack"
 url = "{slack}"
+on = ["failed", "succeeded", "digest"]
 
 [[notify]]
 kind = "webhook"
 name = "pager"
 url = "{webhook}"
 secret_file = "{hmac_file}"
-on = ["failed", "succeeded"]
+on = ["failed", "succeeded", "digest"]
 
 [[notify]]
 kind = "email"
@@ -157,6 +159,7 @@ username = "ferry-mailer"
 password_file = "{smtp_file}"
 from = "ferry@example.com"
 to = ["{oncall}", "{dba}"]
+on = ["failed", "succeeded", "digest"]
 
 [[notify]]
 kind = "webhook"
