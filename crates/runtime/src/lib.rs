@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod nats;
 pub mod process;
 pub mod publisher;
+pub mod registry;
 pub mod runner;
 pub mod schedule;
 pub mod secrets;
@@ -33,6 +34,8 @@ pub struct Runtime {
     pub publisher: Publisher,
     /// This process's metrics.
     pub metrics: Metrics,
+    /// Every source: the file's and the live registry's.
+    pub sources: registry::Registry,
 }
 
 impl Runtime {
@@ -75,7 +78,11 @@ impl Runtime {
     ) -> Result<Runtime, nats::NatsError> {
         let jetstream = async_nats::jetstream::new(client.clone());
         nats::declare(&jetstream, &config.nats).await?;
+        let sources = registry::Registry::open(&jetstream, &config.sources)
+            .await
+            .map_err(|e| nats::NatsError::Registry(e.to_string()))?;
         Ok(Runtime {
+            sources,
             config: std::sync::Arc::new(config),
             nats: client,
             publisher: Publisher::new(jetstream.clone()),

@@ -29,6 +29,9 @@ pub enum NatsError {
         /// The configured URL.
         url: String,
     },
+    /// The sources registry could not be loaded.
+    #[error("failed to load the sources registry: {0}")]
+    Registry(String),
     /// A token or credentials file named in the configuration is missing.
     #[error("failed to read NATS credentials: {0}")]
     Credentials(String),

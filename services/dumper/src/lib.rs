@@ -111,7 +111,7 @@ impl Handler for Dumper {
         job: JobRequested,
         ctx: JobContext,
     ) -> Result<Vec<Outgoing>, HandlerError> {
-        let source = self.rt.config.source(&job.source).ok_or_else(|| {
+        let source = self.rt.sources.get(&job.source).ok_or_else(|| {
             HandlerError::permanent(
                 reason::UNKNOWN_SOURCE,
                 format!(
@@ -120,6 +120,7 @@ impl Handler for Dumper {
                 ),
             )
         })?;
+        let source = &source;
         let spool_err = |e: std::io::Error| {
             HandlerError::retryable(
                 reason::SPOOL_ERROR,

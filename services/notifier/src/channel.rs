@@ -264,7 +264,8 @@ impl Handler for Channel {
             )
         };
         let ctx = Context {
-            config: &self.rt.config,
+            sources: &self.rt.sources,
+            trace_url: self.rt.config.notifier.trace_url.as_deref(),
             trace_id: ferry_telemetry::current_trace_id(),
         };
         let (notifications, change) = self.plan(&event, &ctx).await.map_err(state_error)?;

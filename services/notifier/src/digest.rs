@@ -57,14 +57,14 @@ pub async fn build_digest(
     end: DateTime<Utc>,
 ) -> anyhow::Result<Digest> {
     let mut per_source: BTreeMap<String, SourceDigest> = rt
-        .config
         .sources
-        .iter()
+        .all()
+        .into_iter()
         .map(|s| {
             (
-                s.name.clone(),
+                s.config.name.clone(),
                 SourceDigest {
-                    source: s.name.clone(),
+                    source: s.config.name,
                     ..Default::default()
                 },
             )
@@ -112,7 +112,7 @@ pub async fn build_digest(
                     // about channels, not backups.
                     if f.stage != Stage::Notifier as i32
                         && subjects::is_valid_source_name(&f.source)
-                        && rt.config.source(&f.source).is_some()
+                        && rt.sources.get(&f.source).is_some()
                     {
                         per_source.entry(f.source.clone()).or_default().failed += 1;
                     }

@@ -4,7 +4,8 @@
 
 use ferry_proto::v1::{BackupFailed, BackupUploaded, Engine, RetentionApplied, Stage};
 use ferry_proto::{from_timestamp, reason};
-use ferry_runtime::config::{Config, Severity};
+use ferry_runtime::config::Severity;
+use ferry_runtime::registry::Registry;
 use serde_json::{Value, json};
 
 use crate::streak::Streak;
@@ -81,20 +82,24 @@ pub fn failure_severity(failed: &BackupFailed) -> Severity {
 
 /// What the notification can say about the source beyond the event.
 pub struct Context<'a> {
-    /// The configuration (engine and databases of the source).
-    pub config: &'a Config,
+    /// The sources (engine and databases of a failed source).
+    pub sources: &'a Registry,
+    /// The `[notifier] trace_url` template.
+    pub trace_url: Option<&'a str>,
     /// The job's trace id.
     pub trace_id: Option<String>,
 }
 
 impl Context<'_> {
     fn link(&self) -> Option<String> {
-        let template = self.config.notifier.trace_url.as_ref()?;
-        Some(template.replace("{trace_id}", self.trace_id.as_deref()?))
+        Some(
+            self.trace_url?
+                .replace("{trace_id}", self.trace_id.as_deref()?),
+        )
     }
 
     fn engine_and_databases(&self, source: &str) -> (String, String) {
-        match self.config.source(source) {
+        match self.sources.get(source) {
             Some(s) => {
                 let dbs = if s.databases.is_empty() {
                     url::Url::parse(&s.url)

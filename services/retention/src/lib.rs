@@ -154,13 +154,13 @@ impl Handler for Retention {
         uploaded: BackupUploaded,
         _ctx: JobContext,
     ) -> Result<Vec<Outgoing>, HandlerError> {
-        let source = self.rt.config.source(&uploaded.source).ok_or_else(|| {
+        let source = self.rt.sources.get(&uploaded.source).ok_or_else(|| {
             HandlerError::permanent(
                 reason::UNKNOWN_SOURCE,
                 format!("source {:?} is not configured on this retention worker; its backups are left untouched", uploaded.source),
             )
         })?;
-        let outcome = self.apply(source).await.map_err(|e| {
+        let outcome = self.apply(&source).await.map_err(|e| {
             if e.is_retryable() {
                 HandlerError::retryable(reason::STORAGE_ERROR, e.to_string())
             } else {

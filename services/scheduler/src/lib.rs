@@ -2,7 +2,8 @@
 //! turns JSON job requests published by hand on `ferry.v1.jobs.request` into
 //! protobuf jobs. It opens each job's root span, so one job is one trace.
 
-mod cron;
+pub mod clock;
+pub mod cron;
 mod jobs;
 mod manual;
 
@@ -15,9 +16,18 @@ pub use manual::{ManualReply, ManualRequest};
 
 /// Runs the cron loop and the manual request listener until `shutdown`.
 pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with_clock(rt, std::sync::Arc::new(clock::SystemClock), shutdown).await
+}
+
+/// `run` with a given clock (tests drive it by hand).
+pub async fn run_with_clock(
+    rt: Runtime,
+    clock: std::sync::Arc<dyn clock::Clock>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let subscription = manual::subscribe(&rt).await?;
     let manual = tokio::spawn(manual::serve(rt.clone(), subscription, shutdown.clone()));
-    let cron = tokio::spawn(cron::run(rt.clone(), shutdown.clone()));
+    let cron = tokio::spawn(cron::run(rt.clone(), clock, shutdown.clone()));
     let (manual, cron) = tokio::join!(manual, cron);
     manual??;
     cron??;

@@ -129,7 +129,7 @@ async fn accept(rt: &Runtime, message: &async_nats::Message, span: &tracing::Spa
         Ok(request) => request,
         Err(rejection) => return reject(rt, rejection, span).await,
     };
-    let source = rt.config.source(&request.source).expect("checked by parse");
+    let source = rt.sources.get(&request.source).expect("checked by parse");
     let job_id = request
         .job_id
         .clone()
@@ -144,7 +144,7 @@ async fn accept(rt: &Runtime, message: &async_nats::Message, span: &tracing::Spa
         databases: request.databases.clone(),
         msg_id: job_id.clone(),
     };
-    let job = jobs::job_message(source, &job_request);
+    let job = jobs::job_message(&source, &job_request);
     match jobs::publish(&rt.publisher, &job, &job_request.msg_id).await {
         Ok(()) => {
             tracing::info!(backup_id = %job.backup_id, "manual job accepted");
@@ -199,12 +199,12 @@ fn parse(rt: &Runtime, payload: &[u8]) -> Result<ManualRequest, Rejection> {
                     .into(),
         });
     }
-    if rt.config.source(&request.source).is_none() {
-        let known: Vec<&str> = rt
-            .config
+    if rt.sources.get(&request.source).is_none() {
+        let known: Vec<String> = rt
             .sources
-            .iter()
-            .map(|s| s.name.as_str())
+            .all()
+            .into_iter()
+            .map(|s| s.config.name)
             .take(20)
             .collect();
         return Err(Rejection {

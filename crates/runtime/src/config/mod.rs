@@ -232,7 +232,7 @@ pub enum EngineKind {
 }
 
 /// `[[sources]]`: one database server to back up.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Unique name, `[a-z0-9][a-z0-9_-]*`; used in subjects and keys.
@@ -345,18 +345,36 @@ impl Default for HttpConfig {
     }
 }
 
+/// What the scheduler does about instants it missed while no replica ran.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MisfirePolicy {
+    /// Run one job for the latest missed instant within the window.
+    #[default]
+    RunOnce,
+    /// Wait for the next instant.
+    Skip,
+}
+
 /// `[scheduler]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerConfig {
     /// Largest JSON job request accepted, in bytes.
     pub max_request_bytes: usize,
+    /// Missed instants after downtime: `run_once` (default) or `skip`.
+    pub misfire: MisfirePolicy,
+    /// How far back `run_once` looks for a missed instant.
+    #[serde(with = "humantime_serde")]
+    pub misfire_window: Duration,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
             max_request_bytes: 64 * 1024,
+            misfire: MisfirePolicy::RunOnce,
+            misfire_window: Duration::from_secs(3600),
         }
     }
 }

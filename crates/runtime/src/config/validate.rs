@@ -147,65 +147,17 @@ impl Config {
 
         let mut names = HashSet::new();
         for (i, s) in self.sources.iter().enumerate() {
-            let key = |field: &str| format!("sources[{i}].{field}");
-            if !ferry_proto::subjects::is_valid_source_name(&s.name) {
-                bad(
-                    key("name"),
-                    &s.name,
-                    "1-64 characters of [a-z0-9_-], starting with a letter or digit",
-                );
-            } else if !names.insert(s.name.as_str()) {
-                bad(key("name"), &s.name, "a name no other source has");
-            }
-            match url::Url::parse(&s.url) {
-                Ok(u) if u.password().is_some() => bad(
-                    key("url"),
-                    "(a URL with a password, not shown)",
-                    "a URL without a password: put it in password_env or password_file",
-                ),
-                Ok(u)
-                    if !matches!(
-                        u.scheme(),
-                        "postgres" | "postgresql" | "mongodb" | "mongodb+srv"
-                    ) =>
-                {
-                    bad(key("url"), &s.url, "a postgres:// or mongodb:// URL")
-                }
-                Ok(_) => {}
-                Err(e) => bad(key("url"), &s.url, &format!("a valid URL ({e})")),
-            }
-            if let (Some(_), Some(file)) = (&s.password_env, &s.password_file) {
-                bad(
-                    key("password_file"),
-                    &file.display().to_string(),
-                    "either password_env or password_file, not both",
-                );
-            }
-            if let Some(expr) = &s.schedule
-                && let Err(e) = schedule::parse_cron(expr)
+            if ferry_proto::subjects::is_valid_source_name(&s.name)
+                && !names.insert(s.name.as_str())
             {
                 bad(
-                    key("schedule"),
-                    expr,
-                    &format!("a cron expression with 5 fields, or 6 with seconds ({e})"),
+                    format!("sources[{i}].name"),
+                    &s.name,
+                    "a name no other source has",
                 );
             }
-            if schedule::parse_timezone(&s.timezone).is_err() {
-                bad(
-                    key("timezone"),
-                    &s.timezone,
-                    "an IANA time zone name such as Europe/Berlin or UTC",
-                );
-            }
-            if s.timeout.is_zero() {
-                bad(key("timeout"), "0s", "a positive duration such as 2h");
-            }
-            if s.retention.keep_last == Some(0) {
-                bad(
-                    key("retention.keep_last"),
-                    "0",
-                    "at least 1 (keeping no backup is never what you want)",
-                );
+            for p in s.problems(&format!("sources[{i}]")) {
+                bad(p.key, p.value.as_deref().unwrap_or_default(), &p.expected);
             }
         }
 
@@ -243,5 +195,82 @@ impl Config {
         } else {
             Err(ConfigError { problems })
         }
+    }
+}
+
+impl super::SourceConfig {
+    /// Every problem of this source, keys prefixed with `prefix` (`sources[2]`).
+    /// Shared by the configuration file and `ferry sources add`.
+    pub fn problems(&self, prefix: &str) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        let mut bad = |key: String, value: &str, expected: &str| {
+            problems.push(ConfigProblem {
+                key,
+                value: Some(value.to_string()),
+                expected: expected.to_string(),
+            })
+        };
+        let s = self;
+        let key = |field: &str| format!("{prefix}.{field}");
+        if !ferry_proto::subjects::is_valid_source_name(&s.name) {
+            bad(
+                key("name"),
+                &s.name,
+                "1-64 characters of [a-z0-9_-], starting with a letter or digit",
+            );
+        }
+        match url::Url::parse(&s.url) {
+            Ok(u) if u.password().is_some() => bad(
+                key("url"),
+                "(a URL with a password, not shown)",
+                "a URL without a password: put it in password_env or password_file",
+            ),
+            Ok(u)
+                if !matches!(
+                    u.scheme(),
+                    "postgres" | "postgresql" | "mongodb" | "mongodb+srv"
+                ) =>
+            {
+                bad(key("url"), &s.url, "a postgres:// or mongodb:// URL")
+            }
+            Ok(_) => {}
+            Err(e) => bad(key("url"), &s.url, &format!("a valid URL ({e})")),
+        }
+        if let (Some(_), Some(file)) = (&s.password_env, &s.password_file) {
+            bad(
+                key("password_file"),
+                &file.display().to_string(),
+                "either password_env or password_file, not both",
+            );
+        }
+        if let Some(expr) = &s.schedule
+            && let Err(e) = schedule::parse_cron(expr)
+        {
+            bad(
+                key("schedule"),
+                expr,
+                &format!(
+                    "a cron expression with 5 fields, or 6 with seconds, or @hourly/@daily/@weekly/@monthly/@yearly ({e})"
+                ),
+            );
+        }
+        if schedule::parse_timezone(&s.timezone).is_err() {
+            bad(
+                key("timezone"),
+                &s.timezone,
+                "an IANA time zone name such as Europe/Berlin or UTC",
+            );
+        }
+        if s.timeout.is_zero() {
+            bad(key("timeout"), "0s", "a positive duration such as 2h");
+        }
+        if s.retention.keep_last == Some(0) {
+            bad(
+                key("retention.keep_last"),
+                "0",
+                "at least 1 (keeping no backup is never what you want)",
+            );
+        }
+        problems
     }
 }
