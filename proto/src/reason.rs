@@ -25,6 +25,8 @@ pub const PERMISSION_DENIED: &str = "permission_denied";
 pub const DUMP_TOOL_MISSING: &str = "dump_tool_missing";
 /// The dump tool failed for another reason (its message is included).
 pub const DUMP_FAILED: &str = "dump_failed";
+/// A backup of the source was already running; the job was skipped.
+pub const ALREADY_RUNNING: &str = "already_running";
 /// The job ran past its deadline.
 pub const TIMEOUT: &str = "timeout";
 /// The spool could not be written or read.

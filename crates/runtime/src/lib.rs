@@ -77,7 +77,7 @@ impl Runtime {
         client: async_nats::Client,
     ) -> Result<Runtime, nats::NatsError> {
         let jetstream = async_nats::jetstream::new(client.clone());
-        nats::declare(&jetstream, &config.nats).await?;
+        nats::declare(&jetstream, &config.nats, config.dumper.lease_ttl).await?;
         let sources = registry::Registry::open(&jetstream, &config.sources)
             .await
             .map_err(|e| nats::NatsError::Registry(e.to_string()))?;

@@ -111,7 +111,11 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 const MAX_MESSAGE_BYTES: i32 = 1024 * 1024;
 
 /// Creates the job and event streams and the KV buckets if they do not exist.
-pub async fn declare(js: &jetstream::Context, config: &NatsConfig) -> Result<(), NatsError> {
+pub async fn declare(
+    js: &jetstream::Context,
+    config: &NatsConfig,
+    lease_ttl: Duration,
+) -> Result<(), NatsError> {
     let replicas = config.replicas;
     let streams = [
         stream::Config {
@@ -153,7 +157,9 @@ pub async fn declare(js: &jetstream::Context, config: &NatsConfig) -> Result<(),
         (
             subjects::LOCKS_BUCKET,
             "Ferry per-source leases",
-            Duration::from_secs(120),
+            // A lease not renewed for this long is gone: a crashed dumper frees
+            // its source by itself.
+            lease_ttl,
         ),
         (
             subjects::NOTIFIED_BUCKET,

@@ -100,6 +100,9 @@ pub struct DumpCompleted {
     /// The databases dumped, each the top-level directory of its files.
     #[prost(string, repeated, tag = "12")]
     pub databases: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The job's deadline, carried on so the uploader stops at it too.
+    #[prost(message, optional, tag = "13")]
+    pub deadline: ::core::option::Option<::prost_types::Timestamp>,
 }
 /// The backup is stored and its manifest written. Subject: ferry.v1.events.uploaded.<source>
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

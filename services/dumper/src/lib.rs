@@ -5,6 +5,7 @@
 //! directory, so a redelivered job re-announces the same dump instead of dumping
 //! again; an unfinished one is discarded and redone.
 
+mod lease;
 mod postgres;
 
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use async_nats::jetstream::kv;
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{DumpCompleted, DumpFile, Engine, JobRequested, SpoolLocation, Stage};
 use ferry_proto::{Message, reason};
-use ferry_runtime::config::{EngineKind, SourceConfig};
+use ferry_runtime::config::{EngineKind, OverlapPolicy, SourceConfig};
 use ferry_runtime::secrets::{SecretSource, read_secret};
 use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
 use ferry_storage::spool::{DirSpool, hash_file, list_files};
@@ -31,6 +32,7 @@ pub struct Dumper {
     node: String,
     pg: PgTools,
     done: kv::Store,
+    locks: kv::Store,
 }
 
 impl Dumper {
@@ -51,12 +53,18 @@ impl Dumper {
             .map_err(|e| {
                 anyhow::anyhow!("opening the {} bucket: {e}", subjects::JOBS_DONE_BUCKET)
             })?;
+        let locks = rt
+            .jetstream
+            .get_key_value(subjects::LOCKS_BUCKET)
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the {} bucket: {e}", subjects::LOCKS_BUCKET))?;
         Ok(Dumper {
             rt,
             spool,
             node,
             pg,
             done,
+            locks,
         })
     }
 
@@ -121,12 +129,6 @@ impl Handler for Dumper {
             )
         })?;
         let source = &source;
-        let spool_err = |e: std::io::Error| {
-            HandlerError::retryable(
-                reason::SPOOL_ERROR,
-                format!("spool {}: {e}", self.spool.root().display()),
-            )
-        };
         let marker = self
             .marker(&job.job_id)
             .map_err(|e| HandlerError::permanent(reason::MALFORMED_MESSAGE, e.to_string()))?;
@@ -153,6 +155,95 @@ impl Handler for Dumper {
             return Err(timeout_error(source));
         }
 
+        let lease = self.acquire_lease(source, &job, remaining, &ctx).await?;
+        let remaining = job
+            .deadline
+            .as_ref()
+            .and_then(ferry_proto::from_timestamp)
+            .map(|d| (d - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(source.timeout);
+        let result = self
+            .dump_job(source, &job, &marker, remaining, &ctx, &lease.lost)
+            .await;
+        lease.release().await;
+        result
+    }
+}
+
+impl Dumper {
+    /// Takes the source's lease, or applies the source's overlap policy.
+    async fn acquire_lease(
+        &self,
+        source: &SourceConfig,
+        job: &JobRequested,
+        remaining: Duration,
+        ctx: &JobContext,
+    ) -> Result<lease::Lease, HandlerError> {
+        let holder = lease::Holder {
+            job_id: job.job_id.clone(),
+            node: self.node.clone(),
+            since: chrono::Utc::now(),
+        };
+        let give_up = Instant::now() + remaining;
+        let ttl = self.rt.config.dumper.lease_ttl;
+        loop {
+            let attempt = lease::try_acquire(&self.locks, &source.name, &holder, ttl)
+                .await
+                .map_err(|e| HandlerError::retryable(reason::INTERNAL, e.to_string()))?;
+            let other = match attempt {
+                Ok(lease) => return Ok(lease),
+                Err(other) => other,
+            };
+            let running = other
+                .map(|h| {
+                    format!(
+                        "job {} on {} since {}",
+                        h.job_id,
+                        h.node,
+                        h.since.format("%Y-%m-%d %H:%M:%S UTC")
+                    )
+                })
+                .unwrap_or_else(|| "another job".into());
+            if source.on_overlap == OverlapPolicy::Skip {
+                return Err(HandlerError::permanent(
+                    reason::ALREADY_RUNNING,
+                    format!(
+                        "a backup of {} is already running ({running}); this job was skipped (set on_overlap = \"queue\" to wait instead)",
+                        source.name
+                    ),
+                ));
+            }
+            if Instant::now() >= give_up {
+                return Err(timeout_error(source));
+            }
+            tracing::info!(source = %source.name, %running, "source busy; queued until its lease is free");
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => return Err(HandlerError::retryable(reason::ALREADY_RUNNING, "the dumper is shutting down while the job was queued")),
+                _ = tokio::time::sleep((ttl / 10).clamp(Duration::from_millis(200), Duration::from_secs(5))) => {}
+            }
+        }
+    }
+
+    /// Dumps under a held lease.
+    async fn dump_job(
+        &self,
+        source: &SourceConfig,
+        job: &JobRequested,
+        marker: &std::path::Path,
+        remaining: Duration,
+        ctx: &JobContext,
+        lease_lost: &CancellationToken,
+    ) -> Result<Vec<Outgoing>, HandlerError> {
+        if remaining.is_zero() {
+            return Err(timeout_error(source));
+        }
+        let job = job.clone();
+        let spool_err = |e: std::io::Error| {
+            HandlerError::retryable(
+                reason::SPOOL_ERROR,
+                format!("spool {}: {e}", self.spool.root().display()),
+            )
+        };
         let job_dir = self.spool.job_dir(&job.job_id).map_err(spool_err)?;
         // A directory without a marker is what a crashed attempt left: start over.
         let _ = tokio::fs::remove_dir_all(&job_dir).await;
@@ -168,6 +259,7 @@ impl Handler for Dumper {
                     result.unwrap_or_else(|_| Err(timeout_error(source)))
                 }
                 _ = ctx.cancel.cancelled() => Err(HandlerError::retryable(reason::DUMP_FAILED, "the dumper is shutting down; the job will be redelivered")),
+                _ = lease_lost.cancelled() => Err(HandlerError::retryable(reason::DUMP_FAILED, "the source's lease was lost (NATS unreachable for longer than dumper.lease_ttl); the job will be retried")),
             }
         }
         .await;
@@ -211,8 +303,9 @@ impl Handler for Dumper {
             started_at: Some(ferry_proto::to_timestamp(started_at)),
             duration_ms: clock.elapsed().as_millis() as u64,
             databases,
+            deadline: job.deadline,
         };
-        tokio::fs::write(&marker, done.encode_to_vec())
+        tokio::fs::write(marker, done.encode_to_vec())
             .await
             .map_err(spool_err)?;
         self.done

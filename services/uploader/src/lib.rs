@@ -87,6 +87,33 @@ impl Handler for Uploader {
         dump: DumpCompleted,
         _ctx: JobContext,
     ) -> Result<Vec<Outgoing>, HandlerError> {
+        // The job's deadline, set by the scheduler from the source's timeout, holds
+        // here too: an upload past it stops and the job ends as `timeout`.
+        let timeout = || {
+            HandlerError::permanent(
+                reason::TIMEOUT,
+                format!(
+                    "the backup of {} ran past its deadline while uploading; raise the source's timeout or check the store's speed",
+                    dump.source
+                ),
+            )
+        };
+        let remaining = match dump.deadline.as_ref().and_then(ferry_proto::from_timestamp) {
+            Some(deadline) => (deadline - chrono::Utc::now()).to_std().unwrap_or_default(),
+            None => return self.store_backup(dump).await,
+        };
+        if remaining.is_zero() {
+            return Err(timeout());
+        }
+        tokio::time::timeout(remaining, self.store_backup(dump.clone()))
+            .await
+            .unwrap_or_else(|_| Err(timeout()))
+    }
+}
+
+impl Uploader {
+    /// Stores the files, then commits the manifest.
+    async fn store_backup(&self, dump: DumpCompleted) -> Result<Vec<Outgoing>, HandlerError> {
         let key = manifest_key(&dump.source, &dump.backup_id);
         if self
             .store

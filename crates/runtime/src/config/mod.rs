@@ -259,6 +259,21 @@ pub struct SourceConfig {
     /// Which backups to keep.
     #[serde(default)]
     pub retention: RetentionPolicy,
+    /// A job for a source that is already being backed up: `skip` it (reported as
+    /// `already_running`) or `queue` it until the running one ends.
+    #[serde(default)]
+    pub on_overlap: OverlapPolicy,
+}
+
+/// What a job does when its source is already being backed up.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OverlapPolicy {
+    /// End the job with `already_running`.
+    #[default]
+    Skip,
+    /// Wait (up to the job's deadline) for the running job to end.
+    Queue,
 }
 
 fn default_timezone() -> String {
@@ -387,6 +402,10 @@ pub struct DumperConfig {
     pub concurrency: usize,
     /// Directory holding `pg_dump`; default: found on PATH.
     pub pg_bin_dir: Option<PathBuf>,
+    /// How long a source's lease lives without renewal (renewed every third of it
+    /// while the job runs). Set when the lease bucket is first created.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
 }
 
 impl Default for DumperConfig {
@@ -394,6 +413,7 @@ impl Default for DumperConfig {
         DumperConfig {
             concurrency: 2,
             pg_bin_dir: None,
+            lease_ttl: Duration::from_secs(60),
         }
     }
 }
