@@ -48,6 +48,16 @@ impl TestEnv {
     /// Starts NATS, creates a database filled by `fill_sql`, and runs Ferry with the
     /// `[[sources]]` that `sources` writes.
     pub async fn start(fill_sql: &str, sources: impl FnOnce(&Paths) -> String) -> TestEnv {
+        Self::start_with(fill_sql, None, sources).await
+    }
+
+    /// `start`, with the dumper using the PostgreSQL tools in `pg_bin_dir` instead
+    /// of the test cluster's.
+    pub async fn start_with(
+        fill_sql: &str,
+        pg_bin_dir: Option<&std::path::Path>,
+        sources: impl FnOnce(&Paths) -> String,
+    ) -> TestEnv {
         let nats = NatsServer::start().await;
         let pg = PgCluster::from_env();
         let db = pg.create_database("ferry_e2e").await;
@@ -84,6 +94,8 @@ listen = ""
 
 [dumper]
 pg_bin_dir = "{pg_bin}"
+# Short, so a test can watch an abandoned lease expire.
+lease_ttl = "3s"
 
 [[notify]]
 kind = "webhook"
@@ -95,7 +107,7 @@ on = ["failed", "succeeded"]
             nats = nats.url(),
             spool = dir.path().join("spool").display(),
             store = dir.path().join("store").display(),
-            pg_bin = pg.bin_dir.display(),
+            pg_bin = pg_bin_dir.unwrap_or(&pg.bin_dir).display(),
             hook = webhook.url("/hook"),
             sources = sources(&paths),
         );

@@ -93,8 +93,17 @@ pub async fn run(
                 }
                 due.pop();
                 let (source, schedule) = &schedules[i];
-                fire(&rt, source, at).await;
-                if let Some(next) = schedule.next_after(at) {
+                // After a pause of the process or a jump of the clock, several
+                // instants may be past: run once for the latest (or none with
+                // misfire = "skip"), never a burst of stale jobs.
+                let mut latest = at;
+                while let Some(next) = schedule.next_after(latest).filter(|n| *n <= now) {
+                    latest = next;
+                }
+                if latest == at || rt.config.scheduler.misfire == MisfirePolicy::RunOnce {
+                    fire(&rt, source, latest).await;
+                }
+                if let Some(next) = schedule.next_after(latest) {
                     due.push(Reverse((next, i)));
                 }
             }
