@@ -5,6 +5,8 @@
 pub const JOB_REQUEST: &str = "ferry.v1.jobs.request";
 /// `JobRequested` messages for the dumpers (work-queue stream [`JOBS_STREAM`]).
 pub const JOB_DUMP: &str = "ferry.v1.jobs.dump";
+/// High-priority jobs: an express lane that a backlog of normal jobs cannot block.
+pub const JOB_DUMP_HIGH: &str = "ferry.v1.jobs.dump.high";
 /// Every event subject.
 pub const EVENTS_ALL: &str = "ferry.v1.events.>";
 

@@ -271,6 +271,20 @@ async fn json_job_from_a_raw_nats_client_produces_a_backup() {
         .await;
     assert_eq!(second.backup_id, reply["backup_id"].as_str().unwrap());
     assert_ne!(second.backup_id, uploaded.backup_id);
+    // A high-priority job takes the express lane and is stored too.
+    let urgent = raw
+        .request(
+            "ferry.v1.jobs.request",
+            r#"{"source":"manual","priority":"high"}"#.into(),
+        )
+        .await
+        .unwrap();
+    let urgent: serde_json::Value = serde_json::from_slice(&urgent.payload).unwrap();
+    let urgent_job = urgent["job_id"].as_str().unwrap().to_string();
+    env.event(EventKind::Uploaded, "manual", STEP, |u: &BackupUploaded| {
+        u.job_id == urgent_job
+    })
+    .await;
     // Unchanged data: the second backup's table data is content the first one stored.
     assert!(second.bytes_reused > 0, "{second:?}");
 }
@@ -290,7 +304,7 @@ async fn invalid_requests_are_reported_and_leave_every_worker_running() {
         r#"{{"source":"good","reason":"{}"}}"#,
         "x".repeat(2 * 1024 * 1024)
     );
-    let cases: [(&str, Vec<u8>, &str, &str); 4] = [
+    let cases: [(&str, Vec<u8>, &str, &str); 5] = [
         (
             "malformed JSON",
             b"{\"source\": ".to_vec(),
@@ -314,6 +328,12 @@ async fn invalid_requests_are_reported_and_leave_every_worker_running() {
             br#"{"source":"Bad.Name"}"#.to_vec(),
             "_invalid",
             "invalid_source_name",
+        ),
+        (
+            "unknown priority",
+            br#"{"source":"good","priority":"asap"}"#.to_vec(),
+            "_invalid",
+            "malformed_request",
         ),
     ];
     for (what, payload, subject_source, reason) in cases {

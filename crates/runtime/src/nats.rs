@@ -121,7 +121,7 @@ pub async fn declare(
         stream::Config {
             name: subjects::JOBS_STREAM.into(),
             description: Some("Ferry backup jobs, one message per job".into()),
-            subjects: vec![subjects::JOB_DUMP.into()],
+            subjects: vec![subjects::JOB_DUMP.into(), subjects::JOB_DUMP_HIGH.into()],
             retention: stream::RetentionPolicy::WorkQueue,
             duplicate_window: DUPLICATE_WINDOW,
             max_message_size: MAX_MESSAGE_BYTES,

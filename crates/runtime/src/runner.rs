@@ -232,14 +232,18 @@ pub async fn run<H: Handler>(
         )
         .await
         .map_err(|e| consumer_err(&e))?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(options.concurrency)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .map_err(|e| consumer_err(&e))?;
+    // Short-lived pull requests with heartbeats: a pull that went stale (a server
+    // restart, a stall) is replaced within seconds rather than waited out.
+    let pull = |consumer: consumer::PullConsumer| async move {
+        consumer
+            .stream()
+            .max_messages_per_batch(options.concurrency.max(1))
+            .heartbeat(Duration::from_secs(2))
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await
+    };
+    let mut messages = pull(consumer.clone()).await.map_err(|e| consumer_err(&e))?;
 
     let permits = Arc::new(Semaphore::new(options.concurrency));
     let mut in_flight = JoinSet::new();
@@ -271,10 +275,16 @@ pub async fn run<H: Handler>(
                 });
             }
             Some(Err(e)) => {
-                // Missed heartbeats and transient server errors: the stream recovers
-                // by itself; wait a moment so a persistent error does not spin.
-                tracing::warn!(stage = H::STAGE.name(), error = %e, "error pulling messages");
+                // Missed heartbeats and transient server errors: start a fresh pull
+                // after a moment, so a persistent error neither spins nor stalls.
+                tracing::warn!(stage = H::STAGE.name(), error = %e, "error pulling messages; pulling anew");
                 tokio::time::sleep(Duration::from_millis(500)).await;
+                match pull(consumer.clone()).await {
+                    Ok(fresh) => messages = fresh,
+                    Err(e) => {
+                        tracing::warn!(stage = H::STAGE.name(), error = %e, "cannot pull yet")
+                    }
+                }
             }
             None => {
                 tracing::warn!(stage = H::STAGE.name(), "message stream ended");

@@ -27,6 +27,8 @@ pub struct JobRequested {
     /// The id the backup will have: `<UTC time>-<short job id>`, sortable by time.
     #[prost(string, tag = "9")]
     pub backup_id: ::prost::alloc::string::String,
+    #[prost(enumeration = "Priority", tag = "10")]
+    pub priority: i32,
 }
 /// One file of a dump.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -295,6 +297,35 @@ impl Trigger {
             "TRIGGER_UNSPECIFIED" => Some(Self::Unspecified),
             "TRIGGER_SCHEDULE" => Some(Self::Schedule),
             "TRIGGER_MANUAL" => Some(Self::Manual),
+            _ => None,
+        }
+    }
+}
+/// How urgent a job is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum Priority {
+    /// Queued behind other jobs.
+    Normal = 0,
+    /// Taken from an express lane that normal jobs do not block.
+    High = 1,
+}
+impl Priority {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Normal => "PRIORITY_NORMAL",
+            Self::High => "PRIORITY_HIGH",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "PRIORITY_NORMAL" => Some(Self::Normal),
+            "PRIORITY_HIGH" => Some(Self::High),
             _ => None,
         }
     }

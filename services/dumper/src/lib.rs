@@ -33,11 +33,23 @@ pub struct Dumper {
     pg: PgTools,
     done: kv::Store,
     locks: kv::Store,
+    /// Which queue this handler serves.
+    lane: Lane,
+}
+
+/// The dumper's two queues: normal jobs, and an express lane for high-priority
+/// jobs that a backlog of normal ones cannot hold up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// `ferry.v1.jobs.dump`, with `dumper.concurrency` jobs at once.
+    Normal,
+    /// `ferry.v1.jobs.dump.high`, one job at a time on top of the normal ones.
+    High,
 }
 
 impl Dumper {
     /// A dumper writing into the configured spool.
-    pub async fn new(rt: Runtime) -> anyhow::Result<Self> {
+    pub async fn new(rt: Runtime, lane: Lane) -> anyhow::Result<Self> {
         let spool = DirSpool::new(&rt.config.spool.path).map_err(|e| {
             anyhow::anyhow!(
                 "failed to create the spool directory {} (spool.path): {e}",
@@ -65,6 +77,7 @@ impl Dumper {
             pg,
             done,
             locks,
+            lane,
         })
     }
 
@@ -86,9 +99,14 @@ pub fn spool_node(rt: &Runtime) -> String {
 
 /// Runs the dumper until `shutdown`.
 pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let handler = Arc::new(Dumper::new(rt.clone()).await?);
-    rt.run_handler(handler, rt.config.dumper.concurrency, shutdown)
-        .await?;
+    let normal = Arc::new(Dumper::new(rt.clone(), Lane::Normal).await?);
+    let high = Arc::new(Dumper::new(rt.clone(), Lane::High).await?);
+    let (normal, high) = tokio::join!(
+        rt.run_handler(normal, rt.config.dumper.concurrency, shutdown.clone()),
+        rt.run_handler(high, 1, shutdown.clone()),
+    );
+    normal?;
+    high?;
     Ok(())
 }
 
@@ -99,8 +117,14 @@ impl Handler for Dumper {
     fn consumer(&self) -> ConsumerSpec {
         ConsumerSpec {
             stream: subjects::JOBS_STREAM,
-            durable: "ferry-dumper".into(),
-            filter: subjects::JOB_DUMP.into(),
+            durable: match self.lane {
+                Lane::Normal => "ferry-dumper".into(),
+                Lane::High => "ferry-dumper-high".into(),
+            },
+            filter: match self.lane {
+                Lane::Normal => subjects::JOB_DUMP.into(),
+                Lane::High => subjects::JOB_DUMP_HIGH.into(),
+            },
             ack_wait: Duration::from_secs(60),
             max_deliver: 4,
         }

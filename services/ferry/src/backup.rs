@@ -5,7 +5,7 @@ use std::time::Duration;
 use ferry_proto::Message;
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupFailed, BackupUploaded, Stage};
-use ferry_scheduler::{ManualReply, ManualRequest};
+use ferry_scheduler::{ManualReply, ManualRequest, RequestPriority};
 use futures::StreamExt;
 
 /// How a job ended.
@@ -31,6 +31,16 @@ pub async fn now(
     source: &str,
     wait: Option<Duration>,
 ) -> anyhow::Result<Outcome> {
+    now_with(client, source, RequestPriority::Normal, wait).await
+}
+
+/// `now` with a priority (`High` takes the dumpers' express lane).
+pub async fn now_with(
+    client: &async_nats::Client,
+    source: &str,
+    priority: RequestPriority,
+    wait: Option<Duration>,
+) -> anyhow::Result<Outcome> {
     let job_id = uuid::Uuid::now_v7().to_string();
     // Subscribe before asking, so no event of the job can be missed.
     let mut events = client
@@ -43,6 +53,7 @@ pub async fn now(
         source: source.to_string(),
         job_id: Some(job_id.clone()),
         reason: Some("ferry backup now".into()),
+        priority: Some(priority),
         ..Default::default()
     };
     let body: bytes::Bytes = serde_json::to_vec(&request)?.into();

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use ferry::backup::Outcome;
 use ferry_proto::v1::Stage;
 use ferry_runtime::process::{self, EXIT_FAILURE};
+use ferry_scheduler::RequestPriority;
 
 #[derive(Parser)]
 #[command(
@@ -69,6 +70,9 @@ enum BackupCommand {
         /// Longest wait, e.g. 30m (default: the source's timeout plus 5 minutes).
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
+        /// Take the dumpers' express lane, ahead of queued scheduled jobs.
+        #[arg(long)]
+        urgent: bool,
     },
 }
 
@@ -99,8 +103,9 @@ async fn main() -> ExitCode {
                     source,
                     wait,
                     timeout,
+                    urgent,
                 },
-        } => backup_now(&config, &source, wait, timeout).await,
+        } => backup_now(&config, &source, wait, timeout, urgent).await,
         Command::List { source, json } => list(&config, source.as_deref(), json).await,
         Command::Restore {
             source,
@@ -119,6 +124,7 @@ async fn backup_now(
     source: &str,
     wait: bool,
     timeout: Option<Duration>,
+    urgent: bool,
 ) -> anyhow::Result<ExitCode> {
     let client = ferry_runtime::nats::connect(&config.nats, "ferry-cli").await?;
     let wait = wait.then(|| {
@@ -130,7 +136,12 @@ async fn backup_now(
                 + Duration::from_secs(300)
         })
     });
-    let outcome = ferry::backup::now(&client, source, wait).await?;
+    let priority = if urgent {
+        RequestPriority::High
+    } else {
+        RequestPriority::Normal
+    };
+    let outcome = ferry::backup::now_with(&client, source, priority, wait).await?;
     Ok(match outcome {
         Outcome::Queued { job_id, backup_id } => {
             println!("queued job {job_id}: backup {backup_id}");

@@ -183,6 +183,7 @@ async fn fire(rt: &Runtime, source: &SourceConfig, at: DateTime<Utc>) {
         reason: String::new(),
         databases: Vec::new(),
         msg_id: msg_id.clone(),
+        priority: ferry_proto::v1::Priority::Normal,
     };
     let job = jobs::job_message(source, &request);
     let span = tracing::info_span!(

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use ferry_proto::subjects::{self, EventKind};
-use ferry_proto::v1::{JobRequested, Trigger};
+use ferry_proto::v1::{JobRequested, Priority, Trigger};
 use ferry_runtime::config::SourceConfig;
 use ferry_runtime::publisher::PublishError;
 use ferry_runtime::{Outgoing, Publisher};
@@ -22,6 +22,8 @@ pub struct JobRequest {
     pub databases: Vec<String>,
     /// De-duplication id of the job message.
     pub msg_id: String,
+    /// Which dumper lane takes it.
+    pub priority: Priority,
 }
 
 /// The backup id of a job: UTC time then the job id's last 8 characters, so ids sort
@@ -54,6 +56,7 @@ pub fn job_message(source: &SourceConfig, request: &JobRequest) -> JobRequested 
         databases: request.databases.clone(),
         deadline: Some(ferry_proto::to_timestamp(deadline)),
         backup_id: backup_id_for(request.at, &request.job_id),
+        priority: request.priority as i32,
     }
 }
 
@@ -65,7 +68,10 @@ pub async fn publish(
 ) -> Result<(), PublishError> {
     publisher
         .publish(&Outgoing {
-            subject: subjects::JOB_DUMP.into(),
+            subject: match Priority::try_from(job.priority) {
+                Ok(Priority::High) => subjects::JOB_DUMP_HIGH.into(),
+                _ => subjects::JOB_DUMP.into(),
+            },
             payload: prost::Message::encode_to_vec(job).into(),
             msg_id: msg_id.to_string(),
         })

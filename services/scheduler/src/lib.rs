@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use ferry_runtime::Runtime;
 
 pub use jobs::{JobRequest, backup_id_for};
-pub use manual::{ManualReply, ManualRequest};
+pub use manual::{ManualReply, ManualRequest, RequestPriority};
 
 /// Runs the cron loop and the manual request listener until `shutdown`.
 pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -5,7 +5,7 @@
 use async_nats::Subscriber;
 use ferry_proto::reason;
 use ferry_proto::subjects::{self, EventKind};
-use ferry_proto::v1::{BackupFailed, Stage, Trigger};
+use ferry_proto::v1::{BackupFailed, Priority, Stage, Trigger};
 use ferry_runtime::{Outgoing, Runtime};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,19 @@ pub struct ManualRequest {
     /// A job id chosen by the caller (a UUID), so a retried request is one job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
+    /// `"normal"` (default) or `"high"`: high jobs take the dumpers' express lane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<RequestPriority>,
+}
+
+/// The priority of a manual job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestPriority {
+    /// Queued with scheduled jobs.
+    Normal,
+    /// The express lane.
+    High,
 }
 
 /// The JSON reply to a manual request.
@@ -143,6 +156,10 @@ async fn accept(rt: &Runtime, message: &async_nats::Message, span: &tracing::Spa
         reason: request.reason.clone().unwrap_or_default(),
         databases: request.databases.clone(),
         msg_id: job_id.clone(),
+        priority: match request.priority {
+            Some(RequestPriority::High) => Priority::High,
+            _ => Priority::Normal,
+        },
     };
     let job = jobs::job_message(&source, &job_request);
     match jobs::publish(&rt.publisher, &job, &job_request.msg_id).await {
@@ -175,7 +192,7 @@ fn parse(rt: &Runtime, payload: &[u8]) -> Result<ManualRequest, Rejection> {
         source: String::new(),
         reason: reason::MALFORMED_REQUEST,
         message: format!(
-            "job request is not valid JSON of the form {{\"source\":\"name\"}} (optional: reason, databases, job_id): {e}"
+            "job request is not valid JSON of the form {{\"source\":\"name\"}} (optional: reason, databases, job_id, priority \"normal\" or \"high\"): {e}"
         ),
     })?;
     if let Some(id) = &request.job_id
