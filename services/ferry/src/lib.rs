@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod list;
 pub mod restore;
+pub mod status;
 
 use ferry_runtime::Runtime;
 use tokio::task::JoinSet;

@@ -42,6 +42,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Per source: last success, last failure, next run, running now.
+    Status {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The live sources registry.
+    Sources {
+        #[command(subcommand)]
+        command: SourcesCommand,
+    },
     /// Fetch a backup into a directory in the standard tools' layout.
     Restore {
         /// The source.
@@ -55,6 +66,80 @@ enum Command {
         #[arg(long)]
         to_dir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum SourcesCommand {
+    /// Every source (file and registry).
+    List {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add or replace a source in the registry (no restart needed).
+    Add(Box<SourceArgs>),
+    /// Remove a registry source (its backups stay).
+    Remove {
+        /// The source.
+        name: String,
+    },
+    /// Stop a source's scheduled jobs (manual jobs still run).
+    Pause {
+        /// The source.
+        name: String,
+    },
+    /// Resume a paused source's scheduled jobs.
+    Resume {
+        /// The source.
+        name: String,
+    },
+}
+
+/// A source, as flags; the same keys as `[[sources]]`.
+#[derive(clap::Args)]
+struct SourceArgs {
+    /// Unique name, [a-z0-9_-].
+    #[arg(long)]
+    name: String,
+    /// postgres or mongodb.
+    #[arg(long)]
+    engine: String,
+    /// Connection URL, without a password.
+    #[arg(long)]
+    url: String,
+    /// Environment variable holding the password (on the dumpers).
+    #[arg(long)]
+    password_env: Option<String>,
+    /// File holding the password (on the dumpers).
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Databases to back up (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    databases: Vec<String>,
+    /// Cron expression: 5 fields, 6 with seconds, or @daily-style.
+    #[arg(long)]
+    schedule: Option<String>,
+    /// IANA time zone of the schedule.
+    #[arg(long, default_value = "UTC")]
+    timezone: String,
+    /// Job deadline, e.g. 2h.
+    #[arg(long, default_value = "2h")]
+    timeout: String,
+    /// skip or queue a job while one runs.
+    #[arg(long, default_value = "skip")]
+    on_overlap: String,
+    /// Keep the newest N backups.
+    #[arg(long)]
+    keep_last: Option<u32>,
+    /// Keep one backup per day for N days.
+    #[arg(long)]
+    keep_daily: Option<u32>,
+    /// Keep one backup per week for N weeks.
+    #[arg(long)]
+    keep_weekly: Option<u32>,
+    /// Keep one backup per month for N months.
+    #[arg(long)]
+    keep_monthly: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -107,6 +192,8 @@ async fn main() -> ExitCode {
                 },
         } => backup_now(&config, &source, wait, timeout, urgent).await,
         Command::List { source, json } => list(&config, source.as_deref(), json).await,
+        Command::Status { json } => status(config, json).await,
+        Command::Sources { command } => sources(config, command).await,
         Command::Restore {
             source,
             backup,
@@ -207,4 +294,122 @@ async fn restore_to_dir(
         eprintln!("  pg_restore --dbname <target> {}", dir.join(db).display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn status(config: ferry_runtime::Config, json: bool) -> anyhow::Result<ExitCode> {
+    let rt = ferry_runtime::Runtime::connect(config, "ferry-cli").await?;
+    let statuses = ferry::status::collect(&rt).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&statuses)?);
+    } else {
+        print!("{}", ferry::status::table(&statuses));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sources(
+    config: ferry_runtime::Config,
+    command: SourcesCommand,
+) -> anyhow::Result<ExitCode> {
+    let rt = ferry_runtime::Runtime::connect(config, "ferry-cli").await?;
+    let registry = &rt.sources;
+    match command {
+        SourcesCommand::List { json } => {
+            let all = registry.all();
+            if json {
+                let rows: Vec<serde_json::Value> = all
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "source": s.config,
+                            "origin": if s.origin == ferry_runtime::registry::Origin::File { "file" } else { "registry" },
+                            "paused": s.paused,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<20} {:<9} {:<9} {:<7} {:<20} {}",
+                    "SOURCE", "ENGINE", "ORIGIN", "PAUSED", "SCHEDULE", "TIMEZONE"
+                );
+                for s in all {
+                    println!(
+                        "{:<20} {:<9} {:<9} {:<7} {:<20} {}",
+                        s.config.name,
+                        format!("{:?}", s.config.engine).to_lowercase(),
+                        if s.origin == ferry_runtime::registry::Origin::File {
+                            "file"
+                        } else {
+                            "registry"
+                        },
+                        if s.paused { "yes" } else { "no" },
+                        s.config.schedule.as_deref().unwrap_or("manual"),
+                        s.config.timezone
+                    );
+                }
+            }
+        }
+        SourcesCommand::Add(args) => {
+            let source = source_from_args(*args)?;
+            registry.add(&source).await?;
+            eprintln!(
+                "source {} added to the registry; schedulers pick it up within seconds",
+                source.name
+            );
+        }
+        SourcesCommand::Remove { name } => {
+            registry.remove(&name).await?;
+            eprintln!("source {name} removed; its backups stay in the store");
+        }
+        SourcesCommand::Pause { name } => {
+            registry.set_paused(&name, true).await?;
+            eprintln!("scheduled backups of {name} paused");
+        }
+        SourcesCommand::Resume { name } => {
+            registry.set_paused(&name, false).await?;
+            eprintln!("scheduled backups of {name} resumed");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds a source from flags through the same TOML path as the file, so the two
+/// cannot disagree on defaults or parsing.
+fn source_from_args(a: SourceArgs) -> anyhow::Result<ferry_runtime::config::SourceConfig> {
+    let mut table = toml::Table::new();
+    table.insert("name".into(), a.name.into());
+    table.insert("engine".into(), a.engine.into());
+    table.insert("url".into(), a.url.into());
+    if let Some(v) = a.password_env {
+        table.insert("password_env".into(), v.into());
+    }
+    if let Some(v) = a.password_file {
+        table.insert("password_file".into(), v.display().to_string().into());
+    }
+    if !a.databases.is_empty() {
+        table.insert("databases".into(), a.databases.into());
+    }
+    if let Some(v) = a.schedule {
+        table.insert("schedule".into(), v.into());
+    }
+    table.insert("timezone".into(), a.timezone.into());
+    table.insert("timeout".into(), a.timeout.into());
+    table.insert("on_overlap".into(), a.on_overlap.into());
+    let mut retention = toml::Table::new();
+    for (key, value) in [
+        ("keep_last", a.keep_last),
+        ("keep_daily", a.keep_daily),
+        ("keep_weekly", a.keep_weekly),
+        ("keep_monthly", a.keep_monthly),
+    ] {
+        if let Some(v) = value {
+            retention.insert(key.into(), i64::from(v).into());
+        }
+    }
+    table.insert("retention".into(), retention.into());
+    let text = toml::to_string(&table)?;
+    let source: ferry_runtime::config::SourceConfig =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid source: {}", e.message()))?;
+    Ok(source)
 }

@@ -238,6 +238,26 @@ password_file = "{pw}"
     assert_eq!(unknown.status.code(), Some(1));
     assert!(text(&unknown.stderr).contains("unknown_source"));
 
+    let status = run(&["status", "--json"]).await.unwrap();
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let of = |name: &str| {
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["source"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(of("good")["last_success"]["backup_id"], backup_id.as_str());
+    assert_eq!(
+        of("missingdb")["last_failure"]["reason"],
+        "database_not_found"
+    );
+    assert_eq!(of("missingdb")["last_failure"]["stage"], "dumper");
+    assert!(of("good")["running"].is_null());
+
     let list = run(&["list", "--source", "good"]).await.unwrap();
     assert!(
         text(&list.stdout).contains(&backup_id),
@@ -304,4 +324,139 @@ fn http_get(port: u16, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_are_added_paused_and_removed_from_the_cli() {
+    let nats = NatsServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[nats]\nurl = \"{}\"\n[http]\nlisten = \"\"\n\n[[sources]]\nname = \"filed\"\nengine = \"postgres\"\nurl = \"postgres://backup@db1/filed\"\nschedule = \"0 2 * * *\"\n",
+            nats.url()
+        ),
+    )
+    .unwrap();
+    let cli = |args: Vec<&'static str>| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || ferry(&config, &args))
+    };
+    let added = cli(vec![
+        "sources",
+        "add",
+        "--name",
+        "live",
+        "--engine",
+        "postgres",
+        "--url",
+        "postgres://backup@db2/live",
+        "--password-env",
+        "LIVE_PG_PASSWORD",
+        "--schedule",
+        "30 2 * * *",
+        "--timezone",
+        "Europe/Berlin",
+        "--keep-last",
+        "3",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(added.status.code(), Some(0), "{}", text(&added.stderr));
+
+    let refused = cli(vec![
+        "sources",
+        "add",
+        "--name",
+        "filed",
+        "--engine",
+        "postgres",
+        "--url",
+        "postgres://x@y/z",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("configuration file"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let invalid = cli(vec![
+        "sources",
+        "add",
+        "--name",
+        "broken",
+        "--engine",
+        "postgres",
+        "--url",
+        "postgres://x:secret@y/z",
+        "--schedule",
+        "every day",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(invalid.status.code(), Some(1));
+    let stderr = text(&invalid.stderr);
+    assert!(
+        stderr.contains("schedule") && stderr.contains("url"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("secret"), "{stderr}");
+
+    let paused = cli(vec!["sources", "pause", "live"]).await.unwrap();
+    assert_eq!(paused.status.code(), Some(0), "{}", text(&paused.stderr));
+    let list: serde_json::Value =
+        serde_json::from_slice(&cli(vec!["sources", "list", "--json"]).await.unwrap().stdout)
+            .unwrap();
+    let rows = list.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let live = rows.iter().find(|r| r["source"]["name"] == "live").unwrap();
+    assert_eq!(
+        (live["origin"].as_str(), live["paused"].as_bool()),
+        (Some("registry"), Some(true))
+    );
+    assert_eq!(live["source"]["retention"]["keep_last"], 3);
+    assert_eq!(live["source"]["password_env"], "LIVE_PG_PASSWORD");
+
+    let status: serde_json::Value =
+        serde_json::from_slice(&cli(vec!["status", "--json"]).await.unwrap().stdout).unwrap();
+    let of = |name: &str| {
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["source"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert!(
+        of("live")["next_run"].is_null(),
+        "paused sources have no next run"
+    );
+    assert!(
+        of("filed")["next_run"]
+            .as_str()
+            .unwrap()
+            .ends_with("02:00:00Z"),
+        "{}",
+        of("filed")
+    );
+
+    assert_eq!(
+        cli(vec!["sources", "remove", "live"])
+            .await
+            .unwrap()
+            .status
+            .code(),
+        Some(0)
+    );
+    let list: serde_json::Value =
+        serde_json::from_slice(&cli(vec!["sources", "list", "--json"]).await.unwrap().stdout)
+            .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let gone = cli(vec!["sources", "remove", "live"]).await.unwrap();
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(text(&gone.stderr).contains("no source named live"));
 }
