@@ -330,8 +330,8 @@ async fn sources(
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 println!(
-                    "{:<20} {:<9} {:<9} {:<7} {:<20} {}",
-                    "SOURCE", "ENGINE", "ORIGIN", "PAUSED", "SCHEDULE", "TIMEZONE"
+                    "{:<20} {:<9} {:<9} {:<7} {:<20} TIMEZONE",
+                    "SOURCE", "ENGINE", "ORIGIN", "PAUSED", "SCHEDULE"
                 );
                 for s in all {
                     println!(
