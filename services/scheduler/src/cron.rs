@@ -14,6 +14,7 @@ use ferry_runtime::Runtime;
 use ferry_runtime::config::{MisfirePolicy, SourceConfig};
 use ferry_runtime::schedule::{parse_cron, parse_timezone};
 use tokio_util::sync::CancellationToken;
+use futures::StreamExt;
 use tracing::Instrument;
 
 use crate::clock::Clock;
@@ -66,9 +67,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut changes = rt.sources.changes();
-    catch_up(&rt, clock.now()).await;
+    // Everything due up to `fired_until` has been handled. A re-plan (the registry
+    // changed) starts from there, not from "now", so an instant that fell due while
+    // the registry was changing is still fired.
+    let mut fired_until = clock.now();
+    catch_up(&rt, fired_until).await;
     loop {
-        let (schedules, mut due) = plan(&rt, clock.now());
+        let (schedules, mut due) = plan(&rt, fired_until);
         tracing::info!(scheduled = schedules.len(), "cron schedules loaded");
         loop {
             let Some(Reverse((at, _))) = due.peek().copied() else {
@@ -87,6 +92,8 @@ pub async fn run(
                 _ = clock.sleep_until(at) => {}
             }
             let now = clock.now();
+            fired_until = fired_until.max(now);
+            let mut firing = Vec::new();
             while let Some(Reverse((at, i))) = due.peek().copied() {
                 if at > now {
                     break;
@@ -101,17 +108,26 @@ pub async fn run(
                     latest = next;
                 }
                 if latest == at || rt.config.scheduler.misfire == MisfirePolicy::RunOnce {
-                    fire(&rt, source, latest).await;
+                    firing.push((source, latest));
                 }
                 if let Some(next) = schedule.next_after(latest) {
                     due.push(Reverse((next, i)));
                 }
             }
+            // Many sources often share an instant (every hour on the hour): publish
+            // them concurrently, at most FIRE_CONCURRENCY acknowledgements in flight.
+            futures::stream::iter(firing)
+                .for_each_concurrent(FIRE_CONCURRENCY, |(source, at)| fire(&rt, source, at))
+                .await;
         }
     }
 }
 
 type Due = BinaryHeap<Reverse<(DateTime<Utc>, usize)>>;
+
+/// Jobs published at once when many are due together; bounds the memory and the
+/// NATS acknowledgements in flight.
+const FIRE_CONCURRENCY: usize = 256;
 
 /// The schedules of every active source and the heap of their next instants.
 fn plan(rt: &Runtime, now: DateTime<Utc>) -> (Vec<(SourceConfig, Schedule)>, Due) {

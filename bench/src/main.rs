@@ -1,0 +1,68 @@
+//! `ferry-bench`: benchmarks that measure Ferry and a baseline in the same run and
+//! print ratios. Results go in BENCHMARKS.md; tests never assert on time.
+//!
+//! `ferry-bench scheduler [--sources 10000]` needs `scripts/test-services up` (for
+//! a nats-server 2.10+) and starts its own NATS.
+
+mod scheduler;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ferry-bench", about = "Ferry's benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// The scheduler with a large fleet: registry load, fan-out, lateness, CPU, memory.
+    Scheduler {
+        /// Sources to register.
+        #[arg(long, default_value_t = 10_000)]
+        sources: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // Logs at warn unless FERRY_LOG says otherwise: the figures are the output.
+    let _telemetry = ferry_telemetry::init(&ferry_telemetry::TelemetryOptions {
+        service_name: "ferry-bench".into(),
+        ..Default::default()
+    })?;
+    match Cli::parse().bench {
+        Bench::Scheduler { sources } => scheduler::run(sources).await,
+    }
+}
+
+/// CPU time (user + system) of this process so far, in seconds.
+pub fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields 14 and 15 (utime, stime) in clock ticks, after the command in parentheses.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak resident memory of this process, in MiB.
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// The value at quantile `q` of sorted `values`.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}
