@@ -13,8 +13,8 @@ use ferry_proto::v1::{JobRequested, Trigger};
 use ferry_runtime::Runtime;
 use ferry_runtime::config::{MisfirePolicy, SourceConfig};
 use ferry_runtime::schedule::{parse_cron, parse_timezone};
-use tokio_util::sync::CancellationToken;
 use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::clock::Clock;
