@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod http;
+pub mod human;
 pub mod metrics;
 pub mod nats;
 pub mod process;

@@ -169,23 +169,14 @@ impl Handler for Dumper {
             return Ok(Vec::new());
         }
 
-        let remaining = job
-            .deadline
-            .as_ref()
-            .and_then(ferry_proto::from_timestamp)
-            .map(|d| (d - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO))
-            .unwrap_or(source.timeout);
+        let remaining = time_left(&job, source);
         if remaining.is_zero() {
             return Err(timeout_error(source));
         }
 
         let lease = self.acquire_lease(source, &job, remaining, &ctx).await?;
-        let remaining = job
-            .deadline
-            .as_ref()
-            .and_then(ferry_proto::from_timestamp)
-            .map(|d| (d - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO))
-            .unwrap_or(source.timeout);
+        // Waiting for the lease (on_overlap = "queue") used part of the time.
+        let remaining = time_left(&job, source);
         let result = self
             .dump_job(source, &job, &marker, remaining, &ctx, &lease.lost)
             .await;
@@ -384,6 +375,15 @@ fn completed_event(done: &DumpCompleted) -> Outgoing {
         done,
         format!("{}/dumped", done.job_id),
     )
+}
+
+/// Time until the job's deadline (the source's timeout when the job has none).
+fn time_left(job: &JobRequested, source: &SourceConfig) -> Duration {
+    job.deadline
+        .as_ref()
+        .and_then(ferry_proto::from_timestamp)
+        .map(|d| (d - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO))
+        .unwrap_or(source.timeout)
 }
 
 fn timeout_error(source: &SourceConfig) -> HandlerError {

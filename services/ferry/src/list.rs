@@ -49,25 +49,10 @@ pub fn table(backups: &[Manifest]) -> String {
             m.backup_id,
             m.completed_at.format("%Y-%m-%d %H:%M:%S"),
             m.files.len(),
-            human_bytes(m.bytes_total),
+            ferry_runtime::human::bytes(m.bytes_total),
             reused,
             secs
         ));
     }
     out
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }

@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::Channel;
-use crate::message::{Notification, NotificationKind, human_bytes};
+use crate::message::{Notification, NotificationKind};
 
 /// One source's period.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -168,7 +168,7 @@ impl Digest {
         let mut text = format!(
             "{succeeded} backups stored, {failed} failed (success rate {}), {} stored in the period.",
             rate(succeeded, failed),
-            human_bytes(bytes)
+            ferry_runtime::human::bytes(bytes)
         );
         let failing: Vec<&str> = self
             .sources
@@ -189,7 +189,7 @@ impl Digest {
                     s.succeeded,
                     s.failed,
                     rate(s.succeeded, s.failed),
-                    human_bytes(s.bytes),
+                    ferry_runtime::human::bytes(s.bytes),
                     s.oldest.as_deref().unwrap_or("none"),
                     s.newest.as_deref().unwrap_or("none")
                 ),

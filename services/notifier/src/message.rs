@@ -125,22 +125,6 @@ fn stage_name(stage: i32) -> &'static str {
     Stage::try_from(stage).unwrap_or(Stage::Unspecified).name()
 }
 
-/// Bytes for humans.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
 /// A failure: the first of a streak, or a reminder with the count.
 pub fn failed(f: &BackupFailed, streak: &Streak, ctx: &Context<'_>) -> Notification {
     let kind = if streak.failures > 1 {
@@ -290,17 +274,20 @@ pub fn succeeded(u: &BackupUploaded, ctx: &Context<'_>) -> Notification {
         u.backup_id,
         u.source,
         u.files,
-        human_bytes(u.bytes_total)
+        ferry_runtime::human::bytes(u.bytes_total)
     );
     let mut fields = vec![
         ("Source", u.source.clone()),
         ("Engine", engine.to_string()),
         ("Databases", u.databases.join(", ")),
         ("Backup", u.backup_id.clone()),
-        ("Size", human_bytes(u.bytes_total)),
+        ("Size", ferry_runtime::human::bytes(u.bytes_total)),
         (
             "Reused",
-            format!("{reused:.0}% ({})", human_bytes(u.bytes_reused)),
+            format!(
+                "{reused:.0}% ({})",
+                ferry_runtime::human::bytes(u.bytes_reused)
+            ),
         ),
         ("Duration", format!("{seconds:.1} s")),
         ("Files", u.files.to_string()),
@@ -350,7 +337,7 @@ pub fn retention(r: &RetentionApplied, ctx: &Context<'_>) -> Notification {
         r.kept.len(),
         r.deleted.len(),
         r.objects_deleted,
-        human_bytes(r.bytes_freed)
+        ferry_runtime::human::bytes(r.bytes_freed)
     );
     let deleted: Vec<String> = r
         .deleted
@@ -368,7 +355,7 @@ pub fn retention(r: &RetentionApplied, ctx: &Context<'_>) -> Notification {
                 deleted.join(", ")
             },
         ),
-        ("Freed", human_bytes(r.bytes_freed)),
+        ("Freed", ferry_runtime::human::bytes(r.bytes_freed)),
     ];
     if let Some(trace) = &ctx.trace_id {
         fields.push(("Trace", trace.clone()));
