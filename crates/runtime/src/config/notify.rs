@@ -181,11 +181,11 @@ impl NotifyConfig {
     pub(super) fn problems(&self, index: usize) -> Vec<super::ConfigProblem> {
         let mut out = Vec::new();
         let mut bad = |field: &str, value: &str, expected: &str| {
-            out.push(super::ConfigProblem {
-                key: format!("notify[{index}].{field}"),
-                value: Some(value.to_string()),
-                expected: expected.to_string(),
-            })
+            out.push(super::ConfigProblem::new(
+                format!("notify[{index}].{field}"),
+                value,
+                expected,
+            ))
         };
         let kind = self.kind.name();
         if let Some(name) = &self.name

@@ -18,6 +18,21 @@ pub struct ConfigProblem {
     pub expected: String,
 }
 
+impl ConfigProblem {
+    /// A problem with a value.
+    pub fn new(
+        key: impl Into<String>,
+        value: impl Into<String>,
+        expected: impl Into<String>,
+    ) -> Self {
+        ConfigProblem {
+            key: key.into(),
+            value: Some(value.into()),
+            expected: expected.into(),
+        }
+    }
+}
+
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.value {
@@ -52,11 +67,7 @@ impl ConfigError {
     /// An error with one problem.
     pub fn single(key: &str, value: impl Into<String>, expected: impl Into<String>) -> Self {
         ConfigError {
-            problems: vec![ConfigProblem {
-                key: key.into(),
-                value: Some(value.into()),
-                expected: expected.into(),
-            }],
+            problems: vec![ConfigProblem::new(key, value, expected)],
         }
     }
 
@@ -90,11 +101,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         let mut bad = |key: String, value: &str, expected: &str| {
-            problems.push(ConfigProblem {
-                key,
-                value: Some(value.to_string()),
-                expected: expected.to_string(),
-            })
+            problems.push(ConfigProblem::new(key, value, expected))
         };
 
         if !self.nats.url.split(',').all(|u| {
@@ -150,15 +157,13 @@ impl Config {
             if ferry_proto::subjects::is_valid_source_name(&s.name)
                 && !names.insert(s.name.as_str())
             {
-                bad(
+                problems.push(ConfigProblem::new(
                     format!("sources[{i}].name"),
-                    &s.name,
+                    s.name.as_str(),
                     "a name no other source has",
-                );
+                ));
             }
-            for p in s.problems(&format!("sources[{i}]")) {
-                bad(p.key, p.value.as_deref().unwrap_or_default(), &p.expected);
-            }
+            problems.extend(s.problems(&format!("sources[{i}]")));
         }
 
         let mut names = HashSet::new();
@@ -166,28 +171,28 @@ impl Config {
             problems.extend(n.problems(i));
             let name = n.name_or_default(i);
             if !names.insert(name.clone()) {
-                problems.push(ConfigProblem {
-                    key: format!("notify[{i}].name"),
-                    value: Some(name),
-                    expected: "a name no other channel has".into(),
-                });
+                problems.push(ConfigProblem::new(
+                    format!("notify[{i}].name"),
+                    name,
+                    "a name no other channel has",
+                ));
             }
         }
         if let Some(template) = &self.notifier.trace_url
             && !template.contains("{trace_id}")
         {
-            problems.push(ConfigProblem {
-                key: "notifier.trace_url".into(),
-                value: Some(template.clone()),
-                expected: "a URL template containing {trace_id}".into(),
-            });
+            problems.push(ConfigProblem::new(
+                "notifier.trace_url",
+                template.clone(),
+                "a URL template containing {trace_id}",
+            ));
         }
         if self.notifier.max_attempts == 0 {
-            problems.push(ConfigProblem {
-                key: "notifier.max_attempts".into(),
-                value: Some("0".into()),
-                expected: "at least 1".into(),
-            });
+            problems.push(ConfigProblem::new(
+                "notifier.max_attempts",
+                "0",
+                "at least 1",
+            ));
         }
 
         if problems.is_empty() {
@@ -204,11 +209,7 @@ impl super::SourceConfig {
     pub fn problems(&self, prefix: &str) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
         let mut bad = |key: String, value: &str, expected: &str| {
-            problems.push(ConfigProblem {
-                key,
-                value: Some(value.to_string()),
-                expected: expected.to_string(),
-            })
+            problems.push(ConfigProblem::new(key, value, expected))
         };
         let s = self;
         let key = |field: &str| format!("{prefix}.{field}");
