@@ -7,7 +7,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
-use crate::{Body, ObjectMeta, ObjectStore, StorageError, check_key};
+use std::ops::Range;
+
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::{Body, ObjectMeta, ObjectStore, PartReceipt, PendingUpload, StorageError, check_key};
 
 /// Temporary files live here until renamed into place, so a crash mid-write never
 /// leaves a partial object under its final key. `list` skips this directory.
@@ -31,7 +35,22 @@ impl FsStore {
         Ok(FsStore { root })
     }
 
-    fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Moves a complete temporary file to `key`.
+    pub(crate) async fn commit_temp(&self, tmp: &Path, key: &str) -> Result<(), StorageError> {
+        let path = self.path(key)?;
+        ensure_parent(&path, key).await?;
+        if let Err(e) = tokio::fs::rename(tmp, &path).await {
+            let _ = tokio::fs::remove_file(tmp).await;
+            return Err(StorageError::io("put", key, e));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
         check_key(key)?;
         if key == TMP_DIR || key.starts_with(".tmp/") {
             return Err(StorageError::InvalidKey {
@@ -42,7 +61,7 @@ impl FsStore {
         Ok(self.root.join(key))
     }
 
-    fn temp_path(&self) -> PathBuf {
+    pub(crate) fn temp_path(&self) -> PathBuf {
         self.root
             .join(TMP_DIR)
             .join(uuid::Uuid::now_v7().to_string())
@@ -80,13 +99,9 @@ async fn ensure_parent(path: &Path, key: &str) -> Result<(), StorageError> {
 #[async_trait]
 impl ObjectStore for FsStore {
     async fn put(&self, key: &str, body: Body) -> Result<u64, StorageError> {
-        let path = self.path(key)?;
+        self.path(key)?;
         let (tmp, size) = self.write_temp(key, body).await?;
-        ensure_parent(&path, key).await?;
-        if let Err(e) = tokio::fs::rename(&tmp, &path).await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(StorageError::io("put", key, e));
-        }
+        self.commit_temp(&tmp, key).await?;
         Ok(size)
     }
 
@@ -191,5 +206,77 @@ impl ObjectStore for FsStore {
 
     fn describe(&self) -> String {
         format!("fs:{}", self.root.display())
+    }
+
+    async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        md5: Option<[u8; 16]>,
+    ) -> Result<(), StorageError> {
+        self.path(key)?;
+        // The same check an S3 store makes on Content-MD5.
+        if let Some(md5) = md5
+            && md5 != crate::content_md5(&bytes)
+        {
+            return Err(StorageError::Backend {
+                op: "put",
+                key: key.to_string(),
+                message: "the body does not match its Content-MD5 (BadDigest)".into(),
+                retryable: false,
+            });
+        }
+        self.put(key, Box::new(std::io::Cursor::new(bytes))).await?;
+        Ok(())
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Body, StorageError> {
+        let path = self.path(key)?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| StorageError::io("get", key, e))?;
+        file.seek(std::io::SeekFrom::Start(range.start))
+            .await
+            .map_err(|e| StorageError::io("get", key, e))?;
+        let len = range.end.saturating_sub(range.start);
+        Ok(Box::new(tokio::io::BufReader::new(file).take(len)))
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StorageError> {
+        for key in keys {
+            self.delete(key).await?;
+        }
+        Ok(())
+    }
+
+    async fn create_multipart(&self, key: &str) -> Result<String, StorageError> {
+        crate::fs_multipart::create(self, key).await
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        bytes: Bytes,
+    ) -> Result<PartReceipt, StorageError> {
+        crate::fs_multipart::upload_part(self, key, upload_id, number, bytes).await
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[PartReceipt],
+    ) -> Result<(), StorageError> {
+        crate::fs_multipart::complete(self, key, upload_id, parts).await
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StorageError> {
+        crate::fs_multipart::abort(self, key, upload_id).await
+    }
+
+    async fn list_multipart(&self, prefix: &str) -> Result<Vec<PendingUpload>, StorageError> {
+        crate::fs_multipart::list(self, prefix).await
     }
 }

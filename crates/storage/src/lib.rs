@@ -1,6 +1,7 @@
-//! Ferry storage: the object store behind one interface (a local directory now, S3
-//! next), the self-describing bucket layout, the manifest format, and the directory
-//! spool that hands dump files from dumper to uploader.
+//! Ferry storage: the object store behind one interface (a local directory or any
+//! S3-compatible service), the self-describing bucket layout, the manifest format,
+//! and the spool (a directory or a JetStream object store) that hands dump files
+//! from dumper to uploader.
 //!
 //! Layout under the configured prefix:
 //! - `objects/<sha256>`: content-addressed data files, stored once across backups;
@@ -8,11 +9,16 @@
 //!   only when its manifest does.
 
 mod fs;
+mod fs_multipart;
 pub mod layout;
 pub mod manifest;
+pub mod retry;
+mod s3;
+mod s3_error;
 pub mod spool;
 
 use std::fmt;
+use std::ops::Range;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -21,6 +27,7 @@ use tokio::io::AsyncRead;
 
 pub use fs::FsStore;
 pub use manifest::{Manifest, ManifestFile};
+pub use s3::{RequestChecksum, S3Credentials, S3Options, S3Store};
 
 /// A streaming body for `put`.
 pub type Body = Box<dyn AsyncRead + Send + Unpin>;
@@ -34,6 +41,33 @@ pub struct ObjectMeta {
     pub size: u64,
     /// Last modification time.
     pub modified: SystemTime,
+}
+
+/// One uploaded part of a multipart upload, as `complete_multipart` needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartReceipt {
+    /// Part number, from 1.
+    pub number: u32,
+    /// The store's tag for the part.
+    pub etag: String,
+}
+
+/// A multipart upload that was started and neither completed nor aborted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUpload {
+    /// The key it would create.
+    pub key: String,
+    /// The store's id of the upload.
+    pub upload_id: String,
+    /// When it was started, when the store says.
+    pub initiated: Option<SystemTime>,
+}
+
+/// The MD5 of `bytes` as S3's `Content-MD5` carries it: the store recomputes it on
+/// arrival and refuses a body damaged on the way.
+pub fn content_md5(bytes: &[u8]) -> [u8; 16] {
+    use md5::Digest;
+    md5::Md5::digest(bytes).into()
 }
 
 /// Storage failures, classified so callers know whether to retry.
@@ -119,6 +153,43 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
     /// A short description for logs (`fs:/var/lib/ferry/store/ferry`).
     fn describe(&self) -> String;
+
+    /// Stores `bytes` at `key` in one request. The store checks the body against
+    /// `md5` (computed from `bytes` when `None`) and refuses it on a mismatch with a
+    /// permanent error, so bytes damaged in transit are never stored.
+    async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        md5: Option<[u8; 16]>,
+    ) -> Result<(), StorageError>;
+    /// Streams `range` (byte offsets, end exclusive) of the object at `key`; a range
+    /// past the end is cut at the end.
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Body, StorageError>;
+    /// Deletes every key; absent keys are not an error.
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StorageError>;
+    /// Starts a multipart upload of `key`; nothing is visible until it completes.
+    async fn create_multipart(&self, key: &str) -> Result<String, StorageError>;
+    /// Uploads part `number` (1..=10,000); every part but the last must be at least
+    /// 5 MiB on S3. The body is checked with Content-MD5 like [`Self::put_bytes`].
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        bytes: Bytes,
+    ) -> Result<PartReceipt, StorageError>;
+    /// Makes the object visible from `parts`, in part-number order.
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[PartReceipt],
+    ) -> Result<(), StorageError>;
+    /// Drops an unfinished upload and its parts; an unknown id is not an error.
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StorageError>;
+    /// Unfinished multipart uploads whose key starts with `prefix`.
+    async fn list_multipart(&self, prefix: &str) -> Result<Vec<PendingUpload>, StorageError>;
 }
 
 /// Reads a whole (small) object, such as a manifest, into memory.
@@ -130,6 +201,16 @@ pub async fn get_bytes(store: &dyn ObjectStore, key: &str) -> Result<Vec<u8>, St
         .await
         .map_err(|e| StorageError::io("read", key, e))?;
     Ok(out)
+}
+
+/// The size of the object at `key`, or `NotFound`.
+pub async fn size_of(store: &dyn ObjectStore, key: &str) -> Result<u64, StorageError> {
+    match store.head(key).await? {
+        Some(meta) => Ok(meta.size),
+        None => Err(StorageError::NotFound {
+            key: key.to_string(),
+        }),
+    }
 }
 
 pub(crate) fn check_key(key: &str) -> Result<(), StorageError> {

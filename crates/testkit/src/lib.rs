@@ -9,6 +9,7 @@
 pub mod http;
 pub mod nats;
 pub mod postgres;
+pub mod s3;
 pub mod smtp;
 
 use std::future::Future;
@@ -17,6 +18,7 @@ use std::time::Duration;
 pub use http::{HttpReceiver, ReceivedRequest, Reply};
 pub use nats::NatsServer;
 pub use postgres::{PgCluster, TestDatabase};
+pub use s3::{FaultProxy, S3Server};
 pub use smtp::{ReceivedMail, SmtpSink};
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.

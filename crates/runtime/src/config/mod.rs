@@ -6,6 +6,7 @@
 //! variable or file its secret comes from, and the secret is read only where used.
 
 mod notify;
+mod storage;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,9 @@ use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use notify::{NotifierConfig, NotifyConfig, NotifyKind, NotifyOn, Severity};
+pub use storage::{
+    ByteSize, RequestChecksumConfig, SpoolConfig, SpoolKind, StorageConfig, StorageKind,
+};
 pub use validate::{ConfigError, ConfigProblem};
 
 /// The whole configuration of a Ferry process (every worker reads the same file).
@@ -135,88 +139,6 @@ impl Default for NatsConfig {
             tls_ca_file: None,
             replicas: 1,
             events_max_age: Duration::from_secs(7 * 24 * 3600),
-        }
-    }
-}
-
-/// The kind of spool.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum SpoolKind {
-    /// A directory shared by dumper and uploader (same host, pod or volume).
-    #[default]
-    Dir,
-}
-
-/// `[spool]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SpoolConfig {
-    /// The spool kind.
-    pub kind: SpoolKind,
-    /// The spool directory.
-    pub path: PathBuf,
-    /// The name of this node in events (default: the host name).
-    pub node: Option<String>,
-}
-
-impl Default for SpoolConfig {
-    fn default() -> Self {
-        SpoolConfig {
-            kind: SpoolKind::Dir,
-            path: PathBuf::from("/var/lib/ferry/spool"),
-            node: None,
-        }
-    }
-}
-
-/// The kind of object store.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum StorageKind {
-    /// A local directory (the embedded default).
-    #[default]
-    Fs,
-    /// An S3-compatible object store.
-    S3,
-}
-
-/// `[storage]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StorageConfig {
-    /// The store kind.
-    pub kind: StorageKind,
-    /// Directory of the `fs` store.
-    pub path: PathBuf,
-    /// Bucket of the `s3` store.
-    pub bucket: Option<String>,
-    /// Key prefix under which Ferry keeps everything.
-    pub prefix: String,
-    /// S3 endpoint (B2, MinIO, Garage, R2); unset for AWS.
-    pub endpoint: Option<String>,
-    /// S3 region.
-    pub region: Option<String>,
-    /// Path-style S3 addressing.
-    pub force_path_style: bool,
-    /// Environment variable holding the S3 access key id.
-    pub access_key_id_env: Option<String>,
-    /// Environment variable holding the S3 secret key.
-    pub secret_access_key_env: Option<String>,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        StorageConfig {
-            kind: StorageKind::Fs,
-            path: PathBuf::from("/var/lib/ferry/store"),
-            bucket: None,
-            prefix: "ferry".into(),
-            endpoint: None,
-            region: None,
-            force_path_style: false,
-            access_key_id_env: None,
-            secret_access_key_env: None,
         }
     }
 }
@@ -424,11 +346,25 @@ impl Default for DumperConfig {
 pub struct UploaderConfig {
     /// Jobs this process uploads at once.
     pub concurrency: usize,
+    /// Size of a multipart part (files up to this size go in one PUT); grown for
+    /// files so large that they would need more than 10,000 parts. At least 5 MiB.
+    pub part_size: ByteSize,
+    /// Parts in flight across the whole process: memory for part buffers is
+    /// `part_size × parts_in_flight`.
+    pub parts_in_flight: usize,
+    /// Attempts per request (part, small object, manifest) before the job fails,
+    /// with exponential backoff and jitter between them.
+    pub retry_attempts: u32,
 }
 
 impl Default for UploaderConfig {
     fn default() -> Self {
-        UploaderConfig { concurrency: 4 }
+        UploaderConfig {
+            concurrency: 4,
+            part_size: ByteSize(8 * 1024 * 1024),
+            parts_in_flight: 8,
+            retry_attempts: 8,
+        }
     }
 }
 
@@ -575,11 +511,5 @@ retention = { keep_last = 0 }
             text.contains("sources[0].schedule: invalid value \"* * *\""),
             "{text}"
         );
-    }
-
-    #[test]
-    fn s3_storage_is_refused_until_it_exists() {
-        let err = Config::from_toml("[storage]\nkind = \"s3\"\nbucket = \"b\"\n").unwrap_err();
-        assert_eq!(err.problems[0].key, "storage.kind");
     }
 }

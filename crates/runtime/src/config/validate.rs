@@ -122,13 +122,55 @@ impl Config {
             );
         }
         if self.storage.kind == StorageKind::S3 {
-            // The S3 store arrives with the uploader issue; refuse it plainly rather
-            // than fall back to the local directory.
-            bad(
-                "storage.kind".into(),
-                "s3",
-                "\"fs\" (the S3 store is not built yet in this version)",
-            );
+            let s = &self.storage;
+            if s.bucket.as_deref().unwrap_or("").is_empty() {
+                bad(
+                    "storage.bucket".into(),
+                    "",
+                    "the bucket name (create the bucket first)",
+                );
+            }
+            let id = s.access_key_id_env.is_some() as u8 + s.access_key_id_file.is_some() as u8;
+            let secret =
+                s.secret_access_key_env.is_some() as u8 + s.secret_access_key_file.is_some() as u8;
+            if id > 1 {
+                bad(
+                    "storage.access_key_id_env".into(),
+                    s.access_key_id_env.as_deref().unwrap_or(""),
+                    "either access_key_id_env or access_key_id_file, not both",
+                );
+            }
+            if secret > 1 {
+                bad(
+                    "storage.secret_access_key_env".into(),
+                    s.secret_access_key_env.as_deref().unwrap_or(""),
+                    "either secret_access_key_env or secret_access_key_file, not both",
+                );
+            }
+            if (id == 0) != (secret == 0) {
+                let key = if id == 0 {
+                    "storage.access_key_id_env"
+                } else {
+                    "storage.secret_access_key_env"
+                };
+                bad(
+                    key.into(),
+                    "",
+                    "both the access key id and the secret key (by _env or _file), or neither to use the standard AWS credentials chain",
+                );
+            }
+            if let Some(endpoint) = &s.endpoint
+                && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+            {
+                bad(
+                    "storage.endpoint".into(),
+                    endpoint,
+                    "an http:// or https:// URL, e.g. https://s3.eu-central-003.backblazeb2.com",
+                );
+            }
+            if s.max_attempts == 0 {
+                bad("storage.max_attempts".into(), "0", "at least 1");
+            }
         }
         if self.storage.prefix.contains("..") || self.storage.prefix.starts_with('/') {
             bad(
@@ -150,6 +192,21 @@ impl Config {
         }
         if self.uploader.concurrency == 0 {
             bad("uploader.concurrency".into(), "0", "at least 1");
+        }
+        // S3 refuses parts under 5 MiB (all but the last); 5 GiB is its largest part.
+        let part = self.uploader.part_size.0;
+        if !(5 << 20..=5 << 30).contains(&part) {
+            bad(
+                "uploader.part_size".into(),
+                &part.to_string(),
+                "between 5MiB and 5GiB, e.g. \"8MiB\"",
+            );
+        }
+        if self.uploader.parts_in_flight == 0 {
+            bad("uploader.parts_in_flight".into(), "0", "at least 1");
+        }
+        if self.uploader.retry_attempts == 0 {
+            bad("uploader.retry_attempts".into(), "0", "at least 1");
         }
 
         let mut names = HashSet::new();

@@ -1,0 +1,129 @@
+//! The JetStream object store spool: dump files travel through NATS, so dumpers and
+//! uploaders need no shared disk. Objects are named `<job_id>/<file name>`; NATS
+//! chunks them, so memory stays bounded on both sides.
+
+use std::path::Path;
+
+use async_nats::jetstream::{self, object_store};
+use async_trait::async_trait;
+use futures::StreamExt;
+
+use super::{Spool, check_names};
+use crate::Body;
+
+/// A JetStream object store bucket as a spool.
+#[derive(Clone)]
+pub struct NatsSpool {
+    store: object_store::ObjectStore,
+    bucket: String,
+}
+
+impl std::fmt::Debug for NatsSpool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NatsSpool({})", self.bucket)
+    }
+}
+
+fn io_err(what: &str, e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(format!("{what}: {e}"))
+}
+
+impl NatsSpool {
+    /// Opens the bucket, creating it (file storage, `replicas` copies) if missing.
+    pub async fn open(
+        js: &jetstream::Context,
+        bucket: &str,
+        replicas: usize,
+    ) -> std::io::Result<NatsSpool> {
+        let store = match js.get_object_store(bucket).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: bucket.to_string(),
+                    description: Some("Ferry spool: dump files waiting for the uploader".into()),
+                    num_replicas: replicas.max(1),
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| io_err(&format!("cannot create the spool bucket {bucket}"), e))?,
+        };
+        Ok(NatsSpool {
+            store,
+            bucket: bucket.to_string(),
+        })
+    }
+
+    async fn names_of(&self, job_id: &str) -> std::io::Result<Vec<String>> {
+        let prefix = format!("{job_id}/");
+        let mut list = self
+            .store
+            .list()
+            .await
+            .map_err(|e| io_err("cannot list the spool bucket", e))?;
+        let mut out = Vec::new();
+        while let Some(info) = list.next().await {
+            let info = info.map_err(|e| io_err("cannot list the spool bucket", e))?;
+            if !info.deleted && info.name.starts_with(&prefix) {
+                out.push(info.name);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Spool for NatsSpool {
+    async fn put_file(&self, job_id: &str, name: &str, local: &Path) -> std::io::Result<()> {
+        check_names(job_id, Some(name))?;
+        let mut file =
+            tokio::io::BufReader::with_capacity(256 * 1024, tokio::fs::File::open(local).await?);
+        let object = format!("{job_id}/{name}");
+        self.store
+            .put(object.as_str(), &mut file)
+            .await
+            .map_err(|e| {
+                io_err(
+                    &format!("cannot store {object} in spool bucket {}", self.bucket),
+                    e,
+                )
+            })?;
+        tokio::fs::remove_file(local).await
+    }
+
+    async fn open(&self, job_id: &str, name: &str) -> std::io::Result<Body> {
+        check_names(job_id, Some(name))?;
+        let object = format!("{job_id}/{name}");
+        match self.store.get(object.as_str()).await {
+            Ok(reader) => Ok(Box::new(reader)),
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{object} is not in spool bucket {}", self.bucket),
+            )),
+            Err(e) => Err(io_err(
+                &format!("cannot read {object} from spool bucket {}", self.bucket),
+                e,
+            )),
+        }
+    }
+
+    async fn has_job(&self, job_id: &str) -> std::io::Result<bool> {
+        check_names(job_id, None)?;
+        Ok(!self.names_of(job_id).await?.is_empty())
+    }
+
+    async fn remove_job(&self, job_id: &str) -> std::io::Result<()> {
+        check_names(job_id, None)?;
+        for name in self.names_of(job_id).await? {
+            self.store
+                .delete(name.as_str())
+                .await
+                .map_err(|e| io_err(&format!("cannot delete {name} from the spool bucket"), e))?;
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("nats object store {}", self.bucket)
+    }
+}
