@@ -399,7 +399,9 @@ impl<H: Handler> Delivery<H> {
         span.record("ferry.source", source.as_str());
 
         // Progress acks keep a long dump from being redelivered to another replica.
-        let progress = {
+        // Aborted on drop too: a delivery cancelled mid-way (shutdown past grace, a
+        // killed worker task) must stop acking, or its message is never redelivered.
+        let progress = tokio_util::task::AbortOnDropHandle::new({
             let message = message.clone();
             let every = (self.spec.ack_wait / 3).max(Duration::from_millis(200));
             tokio::spawn(async move {
@@ -410,7 +412,7 @@ impl<H: Handler> Delivery<H> {
                     let _ = message.ack_with(AckKind::Progress).await;
                 }
             })
-        };
+        });
         let _in_flight = self.metrics.in_flight(stage);
         let started = Instant::now();
         let ctx = JobContext {

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod list;
 pub mod restore;
 pub mod status;
+pub mod verify;
 
 use ferry_runtime::Runtime;
 use tokio::task::JoinSet;

@@ -53,6 +53,19 @@ enum Command {
         #[command(subcommand)]
         command: SourcesCommand,
     },
+    /// Re-read every object of a backup and check its size and SHA-256; exits
+    /// non-zero listing every missing or corrupt object.
+    Verify {
+        /// The source.
+        #[arg(long)]
+        source: String,
+        /// The backup id, or `latest`.
+        #[arg(long, default_value = "latest")]
+        backup: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Fetch a backup into a directory in the standard tools' layout.
     Restore {
         /// The source.
@@ -193,6 +206,11 @@ async fn main() -> ExitCode {
         } => backup_now(&config, &source, wait, timeout, urgent).await,
         Command::List { source, json } => list(&config, source.as_deref(), json).await,
         Command::Status { json } => status(config, json).await,
+        Command::Verify {
+            source,
+            backup,
+            json,
+        } => verify(&config, &source, &backup, json).await,
         Command::Sources { command } => sources(config, command).await,
         Command::Restore {
             source,
@@ -272,6 +290,52 @@ async fn list(
         print!("{}", ferry::list::table(&backups));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn verify(
+    config: &ferry_runtime::Config,
+    source: &str,
+    backup: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = ferry_runtime::store::open(&config.storage)?;
+    let manifest = ferry::restore::find_backup(store.as_ref(), source, backup).await?;
+    let problems = ferry::verify::verify(store.as_ref(), &manifest).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "source": source,
+                "backup_id": manifest.backup_id,
+                "files": manifest.files.len(),
+                "ok": problems.is_empty(),
+                "problems": problems,
+            })
+        );
+    }
+    if problems.is_empty() {
+        if !json {
+            println!(
+                "backup {} of {source} is intact: {} objects, {} bytes, every size and SHA-256 checked",
+                manifest.backup_id,
+                manifest.files.len(),
+                manifest.bytes_total
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !json {
+        for p in &problems {
+            println!("{}: {} ({})", p.object, p.problem, p.file);
+        }
+    }
+    eprintln!(
+        "backup {} of {source} is damaged: {} of {} objects missing or corrupt; restore from another backup and check the store",
+        manifest.backup_id,
+        problems.len(),
+        manifest.files.len()
+    );
+    Ok(ExitCode::from(EXIT_FAILURE))
 }
 
 async fn restore_to_dir(

@@ -1,62 +1,161 @@
-//! The uploader: on `DumpCompleted`, stores every spool file as a content-addressed
-//! object (skipping content already stored), writes the manifest last, removes the
-//! spool files and publishes `BackupUploaded`.
+//! The uploader: stores spool files as content-addressed objects (skipping content
+//! already stored), writes the manifest last, removes the spool files and publishes
+//! `BackupUploaded`.
 //!
-//! Idempotent on `job_id`: when the manifest already exists, the job is done and the
-//! event is re-announced from it.
+//! It starts on `DumpFileReady`, so files upload while the dumper is still dumping
+//! the next ones; `DumpCompleted` waits for what is still in flight, uploads what no
+//! `DumpFileReady` covered, and commits. Idempotent on `job_id`: when the manifest
+//! already exists, the job is done and the event is re-announced from it.
 
-mod hashing;
+mod jobs;
+pub mod transfer;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::subjects::{self, EventKind};
-use ferry_proto::v1::{BackupUploaded, DumpCompleted, Engine, Stage};
+use ferry_proto::v1::{BackupUploaded, DumpCompleted, DumpFileReady, Engine, Stage};
 use ferry_proto::{Message, reason};
 use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
 use ferry_storage::layout::{manifest_key, object_key};
-use ferry_storage::spool::DirSpool;
-use ferry_storage::{Manifest, ManifestFile, ObjectStore, StorageError, get_bytes};
+use ferry_storage::retry::RetryPolicy;
+use ferry_storage::{Manifest, ManifestFile, get_bytes};
+use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use hashing::HashingReader;
+pub use jobs::Jobs;
+use transfer::{FileRef, Transfer, storage_error};
 
-/// The uploader's handler.
+/// Files of one job uploaded at once when `DumpCompleted` finds several missing.
+const FILES_AT_ONCE: usize = 4;
+
+/// The uploader's `DumpCompleted` handler: the commit.
 pub struct Uploader {
-    spool: DirSpool,
-    store: Arc<dyn ObjectStore>,
+    transfer: Transfer,
+    jobs: Jobs,
+    ack_wait: Duration,
+}
+
+/// The uploader's `DumpFileReady` handler: the early start.
+pub struct FileUploader {
+    transfer: Transfer,
+    jobs: Jobs,
+    ack_wait: Duration,
 }
 
 impl Uploader {
-    /// An uploader reading the spool and writing `store`.
-    pub fn new(spool: DirSpool, store: Arc<dyn ObjectStore>) -> Self {
-        Uploader { spool, store }
+    /// An uploader moving files with `transfer`, sharing `jobs` with its
+    /// [`FileUploader`]; a job silent for `ack_wait` is redelivered.
+    pub fn new(transfer: Transfer, jobs: Jobs, ack_wait: Duration) -> Self {
+        Uploader {
+            transfer,
+            jobs,
+            ack_wait,
+        }
     }
+}
+
+impl FileUploader {
+    /// A handler for `DumpFileReady`, sharing `jobs` with the [`Uploader`].
+    pub fn new(transfer: Transfer, jobs: Jobs, ack_wait: Duration) -> Self {
+        FileUploader {
+            transfer,
+            jobs,
+            ack_wait,
+        }
+    }
+}
+
+/// The transfer `[uploader]`, `[storage]` and `[spool]` describe.
+pub async fn transfer_from(rt: &Runtime) -> anyhow::Result<Transfer> {
+    let config = &rt.config;
+    let store = ferry_runtime::store::open(&config.storage)?;
+    let spool =
+        ferry_runtime::store::open_spool(&config.spool, &rt.jetstream, config.nats.replicas)
+            .await?;
+    Ok(Transfer::new(
+        store,
+        spool,
+        config.uploader.part_size.0,
+        config.uploader.parts_in_flight,
+        RetryPolicy {
+            attempts: config.uploader.retry_attempts,
+            ..RetryPolicy::default()
+        },
+    ))
 }
 
 /// Runs the uploader until `shutdown`.
 pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let spool = DirSpool::new(&rt.config.spool.path).map_err(|e| {
-        anyhow::anyhow!(
-            "failed to open the spool {} (spool.path): {e}",
-            rt.config.spool.path.display()
-        )
-    })?;
-    let handler = Arc::new(Uploader::new(
-        spool,
-        ferry_runtime::store::open(&rt.config.storage)?,
-    ));
-    rt.run_handler(handler, rt.config.uploader.concurrency, shutdown)
-        .await?;
+    let transfer = transfer_from(&rt).await?;
+    let jobs = Jobs::default();
+    let ack_wait = rt.config.uploader.ack_wait;
+    let commit = Arc::new(Uploader::new(transfer.clone(), jobs.clone(), ack_wait));
+    let early = Arc::new(FileUploader::new(transfer, jobs, ack_wait));
+    let concurrency = rt.config.uploader.concurrency;
+    let (a, b) = tokio::join!(
+        rt.run_handler(commit, concurrency, shutdown.clone()),
+        rt.run_handler(early, concurrency, shutdown)
+    );
+    a?;
+    b?;
     Ok(())
 }
 
-fn storage_error(err: StorageError) -> HandlerError {
-    if err.is_retryable() {
-        HandlerError::retryable(reason::STORAGE_ERROR, err.to_string())
-    } else {
-        HandlerError::permanent(reason::STORAGE_ERROR, err.to_string())
+impl Handler for FileUploader {
+    type Input = DumpFileReady;
+    const STAGE: Stage = Stage::Uploader;
+
+    fn consumer(&self) -> ConsumerSpec {
+        ConsumerSpec {
+            stream: subjects::EVENTS_STREAM,
+            durable: "ferry-uploader-files".into(),
+            filter: EventKind::FileReady.filter(),
+            ack_wait: self.ack_wait,
+            max_deliver: 3,
+        }
+    }
+
+    fn decode(
+        &self,
+        _subject: &str,
+        payload: &[u8],
+    ) -> Result<Option<DumpFileReady>, prost::DecodeError> {
+        DumpFileReady::decode(payload).map(Some)
+    }
+
+    async fn handle(
+        &self,
+        ready: DumpFileReady,
+        _ctx: JobContext,
+    ) -> Result<Vec<Outgoing>, HandlerError> {
+        let Some(file) = ready.file.as_ref() else {
+            return Ok(vec![]);
+        };
+        // An early start only: whatever goes wrong here, `DumpCompleted` uploads the
+        // file again and reports a failure there, once, for the whole job.
+        match self.transfer.spool.has_job(&ready.job_id).await {
+            Ok(true) => {}
+            _ => return Ok(vec![]),
+        }
+        let file_ref = FileRef {
+            job_id: &ready.job_id,
+            name: &file.name,
+            size: file.size,
+            sha256: &file.sha256,
+        };
+        if let Err(err) = self
+            .jobs
+            .ensure(&self.transfer, &file_ref)
+            .instrument(
+                tracing::info_span!("upload_object", file.name = %file.name, file.size = file.size),
+            )
+            .await
+        {
+            tracing::warn!(file = %file.name, error = %err, "early upload failed; the commit retries it");
+        }
+        Ok(vec![])
     }
 }
 
@@ -69,7 +168,7 @@ impl Handler for Uploader {
             stream: subjects::EVENTS_STREAM,
             durable: "ferry-uploader".into(),
             filter: EventKind::Dumped.filter(),
-            ack_wait: Duration::from_secs(60),
+            ack_wait: self.ack_wait,
             max_deliver: 6,
         }
     }
@@ -115,24 +214,22 @@ impl Uploader {
     /// Stores the files, then commits the manifest.
     async fn store_backup(&self, dump: DumpCompleted) -> Result<Vec<Outgoing>, HandlerError> {
         let key = manifest_key(&dump.source, &dump.backup_id);
-        if self
-            .store
-            .head(&key)
+        let store = &self.transfer.store;
+        let existing = self
+            .transfer
+            .retry
+            .run("head", || store.head(&key))
             .await
-            .map_err(storage_error)?
-            .is_some()
-        {
+            .map_err(storage_error)?;
+        if existing.is_some() {
             tracing::info!(manifest = %key, "backup already committed by an earlier delivery");
             let manifest = self.read_manifest(&key).await?;
             self.clean_spool(&dump.job_id).await;
             return Ok(vec![uploaded_event(&dump, &manifest, &key)]);
         }
 
-        let job_dir = self
-            .spool
-            .job_dir(&dump.job_id)
-            .map_err(|e| HandlerError::permanent(reason::MALFORMED_MESSAGE, e.to_string()))?;
-        if !tokio::fs::try_exists(&job_dir).await.unwrap_or(false) {
+        let spool = &self.transfer.spool;
+        if !spool.has_job(&dump.job_id).await.unwrap_or(false) && !dump.files.is_empty() {
             let location = dump
                 .spool
                 .as_ref()
@@ -141,33 +238,38 @@ impl Uploader {
             return Err(HandlerError::permanent(
                 reason::SPOOL_MISSING,
                 format!(
-                    "the dump files of job {} ({location}) are not in this uploader's spool {}: run the uploader where it can see the dumper's spool directory",
+                    "the dump files of job {} ({location}) are not in this uploader's spool {}: run the uploader where it can see the dumper's spool",
                     dump.job_id,
-                    self.spool.root().display()
+                    spool.describe()
                 ),
             ));
         }
 
-        let mut files = Vec::with_capacity(dump.files.len());
-        for file in &dump.files {
-            let object = object_key(&file.sha256);
-            let reused = match self.store.head(&object).await.map_err(storage_error)? {
-                Some(meta) if meta.size == file.size => true,
-                _ => {
-                    self.upload(&job_dir.join(&file.name), &object, &file.sha256)
-                        .instrument(tracing::info_span!("upload_object", file.name = %file.name, file.size = file.size))
-                        .await?;
-                    false
-                }
-            };
-            files.push(ManifestFile {
-                name: file.name.clone(),
-                object,
-                size: file.size,
-                sha256: file.sha256.clone(),
-                compression: file.compression.clone(),
-                reused,
-            });
+        // Files already uploaded on DumpFileReady are found in `jobs`; the rest go
+        // now, a few at a time, in dump order in the manifest.
+        let files: Vec<ManifestFile> = futures::stream::iter(dump.files.clone())
+            .map(|file| self.store_file(dump.job_id.clone(), file))
+            .buffered(FILES_AT_ONCE)
+            .try_collect()
+            .await?;
+
+        // Every object the manifest names must exist before it is written.
+        for file in &files {
+            let found = self
+                .transfer
+                .retry
+                .run("head", || store.head(&file.object))
+                .await
+                .map_err(storage_error)?;
+            if found.map(|m| m.size) != Some(file.size) {
+                return Err(HandlerError::retryable(
+                    reason::STORAGE_ERROR,
+                    format!(
+                        "object {} of {} is missing from the store after its upload; the backup is not committed",
+                        file.object, file.name
+                    ),
+                ));
+            }
         }
 
         let bytes_total: u64 = files.iter().map(|f| f.size).sum();
@@ -198,9 +300,11 @@ impl Uploader {
             trace_id: ferry_telemetry::current_trace_id(),
         };
         // The commit point: written last, and only if no earlier attempt wrote it.
+        let body: bytes::Bytes = manifest.to_json().into();
         let created = self
-            .store
-            .put_if_absent(&key, manifest.to_json().into())
+            .transfer
+            .retry
+            .run("write manifest", || store.put_if_absent(&key, body.clone()))
             .instrument(tracing::info_span!("write_manifest", manifest = %key))
             .await
             .map_err(storage_error)?;
@@ -219,45 +323,37 @@ impl Uploader {
         );
         Ok(vec![uploaded_event(&dump, &manifest, &key)])
     }
-}
 
-impl Uploader {
-    /// Streams one spool file into the store, checking its SHA-256 on the way: a
-    /// file changed or damaged since the dump is never stored under the wrong key.
-    async fn upload(
+    async fn store_file(
         &self,
-        path: &std::path::Path,
-        object: &str,
-        expected_sha256: &str,
-    ) -> Result<(), HandlerError> {
-        let file = tokio::fs::File::open(path).await.map_err(|e| {
-            HandlerError::permanent(
-                reason::SPOOL_MISSING,
-                format!("cannot open spool file {}: {e}", path.display()),
+        job_id: String,
+        file: ferry_proto::v1::DumpFile,
+    ) -> Result<ManifestFile, HandlerError> {
+        let file_ref = FileRef {
+            job_id: &job_id,
+            name: &file.name,
+            size: file.size,
+            sha256: &file.sha256,
+        };
+        let reused = self
+            .jobs
+            .ensure(&self.transfer, &file_ref)
+            .instrument(
+                tracing::info_span!("upload_object", file.name = %file.name, file.size = file.size),
             )
-        })?;
-        let (reader, digest) =
-            HashingReader::new(tokio::io::BufReader::with_capacity(256 * 1024, file));
-        self.store
-            .put(object, Box::new(reader))
-            .await
-            .map_err(storage_error)?;
-        let actual = digest.hex();
-        if actual != expected_sha256 {
-            let _ = self.store.delete(object).await;
-            return Err(HandlerError::permanent(
-                reason::CHECKSUM_MISMATCH,
-                format!(
-                    "spool file {} has SHA-256 {actual} but the dumper recorded {expected_sha256}: the spool was modified or is damaged; run the backup again",
-                    path.display()
-                ),
-            ));
-        }
-        Ok(())
+            .await?;
+        Ok(ManifestFile {
+            object: object_key(&file.sha256),
+            name: file.name,
+            size: file.size,
+            sha256: file.sha256,
+            compression: file.compression,
+            reused,
+        })
     }
 
     async fn read_manifest(&self, key: &str) -> Result<Manifest, HandlerError> {
-        let bytes = get_bytes(self.store.as_ref(), key)
+        let bytes = get_bytes(self.transfer.store.as_ref(), key)
             .await
             .map_err(storage_error)?;
         Manifest::from_json(&bytes)
@@ -265,9 +361,9 @@ impl Uploader {
     }
 
     async fn clean_spool(&self, job_id: &str) {
-        if let Ok(dir) = self.spool.job_dir(job_id) {
-            let _ = tokio::fs::remove_dir_all(&dir).await;
-            let _ = tokio::fs::remove_file(dir.with_extension("completed")).await;
+        self.jobs.forget(job_id);
+        if let Err(e) = self.transfer.spool.remove_job(job_id).await {
+            tracing::warn!(job_id, error = %e, "could not remove the job's spool files");
         }
     }
 }

@@ -355,6 +355,11 @@ pub struct UploaderConfig {
     /// Attempts per request (part, small object, manifest) before the job fails,
     /// with exponential backoff and jitter between them.
     pub retry_attempts: u32,
+    /// How long a job may go without a progress ack before NATS hands it to
+    /// another uploader (progress acks go every third of it): how soon the job of
+    /// a killed uploader resumes.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
 }
 
 impl Default for UploaderConfig {
@@ -364,6 +369,7 @@ impl Default for UploaderConfig {
             part_size: ByteSize(8 * 1024 * 1024),
             parts_in_flight: 8,
             retry_attempts: 8,
+            ack_wait: Duration::from_secs(60),
         }
     }
 }

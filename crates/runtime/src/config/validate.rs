@@ -205,6 +205,13 @@ impl Config {
         if self.uploader.parts_in_flight == 0 {
             bad("uploader.parts_in_flight".into(), "0", "at least 1");
         }
+        if self.uploader.ack_wait < std::time::Duration::from_secs(1) {
+            bad(
+                "uploader.ack_wait".into(),
+                &format!("{:?}", self.uploader.ack_wait),
+                "at least 1s, e.g. \"60s\"",
+            );
+        }
         if self.uploader.retry_attempts == 0 {
             bad("uploader.retry_attempts".into(), "0", "at least 1");
         }

@@ -1,0 +1,291 @@
+//! Moving one spool file into the store as a content-addressed object: one PUT for
+//! small files, a multipart upload with several parts in flight for large ones.
+//!
+//! Memory is bounded for the whole process, not per file: every part buffer holds
+//! permits of one semaphore sized `parts_in_flight`, so part buffers never exceed
+//! `part_size × parts_in_flight` however many files upload at once.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use ferry_proto::reason;
+use ferry_runtime::HandlerError;
+use ferry_storage::retry::RetryPolicy;
+use ferry_storage::spool::Spool;
+use ferry_storage::{ObjectStore, PartReceipt, StorageError};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+/// S3 allows at most this many parts per upload.
+pub const MAX_PARTS: u64 = 10_000;
+
+/// Upload settings and the shared buffer budget.
+#[derive(Clone)]
+pub struct Transfer {
+    /// The object store.
+    pub store: Arc<dyn ObjectStore>,
+    /// Where the files wait.
+    pub spool: Arc<dyn Spool>,
+    /// Configured part size (also the largest single PUT).
+    pub part_size: u64,
+    /// Retries of every request.
+    pub retry: RetryPolicy,
+    buffers: Arc<Semaphore>,
+    parts_in_flight: usize,
+}
+
+/// What one file needs from the spool.
+#[derive(Debug, Clone)]
+pub struct FileRef<'a> {
+    /// The job.
+    pub job_id: &'a str,
+    /// Name in the spool.
+    pub name: &'a str,
+    /// Size the dumper recorded.
+    pub size: u64,
+    /// SHA-256 the dumper recorded.
+    pub sha256: &'a str,
+}
+
+pub(crate) fn storage_error(err: StorageError) -> HandlerError {
+    if err.is_retryable() {
+        HandlerError::retryable(reason::STORAGE_ERROR, err.to_string())
+    } else {
+        HandlerError::permanent(reason::STORAGE_ERROR, err.to_string())
+    }
+}
+
+fn spool_error(file: &FileRef<'_>, spool: &dyn Spool, e: std::io::Error) -> HandlerError {
+    HandlerError::permanent(
+        reason::SPOOL_MISSING,
+        format!(
+            "cannot read {} of job {} from the spool ({}): {e}; run the uploader where it can see the dumper's spool",
+            file.name,
+            file.job_id,
+            spool.describe()
+        ),
+    )
+}
+
+impl Transfer {
+    /// A transfer with `parts_in_flight` part buffers of `part_size` bytes.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        spool: Arc<dyn Spool>,
+        part_size: u64,
+        parts_in_flight: usize,
+        retry: RetryPolicy,
+    ) -> Transfer {
+        Transfer {
+            store,
+            spool,
+            part_size,
+            retry,
+            buffers: Arc::new(Semaphore::new(parts_in_flight.max(1))),
+            parts_in_flight: parts_in_flight.max(1),
+        }
+    }
+
+    /// The part size for a file of `size` bytes: the configured one, grown (to a
+    /// whole MiB) when the file would otherwise need more than 10,000 parts.
+    pub fn part_size_for(&self, size: u64) -> u64 {
+        const MIB: u64 = 1 << 20;
+        let needed = size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
+        self.part_size.max(needed)
+    }
+
+    /// Permits for one buffer of `len` bytes (a grown part takes several), never
+    /// more than exist.
+    async fn buffer(&self, len: u64) -> OwnedSemaphorePermit {
+        let n = len
+            .div_ceil(self.part_size)
+            .clamp(1, self.parts_in_flight as u64) as u32;
+        self.buffers
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .expect("buffer semaphore is never closed")
+    }
+
+    /// Uploads the file to `object`, checking that what was read has the recorded
+    /// size and SHA-256: a spool file changed since the dump is never stored under
+    /// the wrong key.
+    pub async fn upload(&self, file: &FileRef<'_>, object: &str) -> Result<(), HandlerError> {
+        let body = self
+            .spool
+            .open(file.job_id, file.name)
+            .await
+            .map_err(|e| spool_error(file, self.spool.as_ref(), e))?;
+        if file.size <= self.part_size {
+            self.upload_small(file, object, body).await
+        } else {
+            self.upload_multipart(file, object, body).await
+        }
+    }
+
+    async fn upload_small(
+        &self,
+        file: &FileRef<'_>,
+        object: &str,
+        mut body: ferry_storage::Body,
+    ) -> Result<(), HandlerError> {
+        let _permit = self.buffer(file.size).await;
+        let mut buf = Vec::with_capacity(file.size as usize);
+        (&mut body)
+            .take(self.part_size + 1)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| spool_error(file, self.spool.as_ref(), e))?;
+        self.check(file, buf.len() as u64, &hex::encode(Sha256::digest(&buf)))?;
+        let bytes = Bytes::from(buf);
+        let md5 = ferry_storage::content_md5(&bytes);
+        self.retry
+            .run("put", || {
+                self.store.put_bytes(object, bytes.clone(), Some(md5))
+            })
+            .await
+            .map_err(storage_error)
+    }
+
+    fn check(&self, file: &FileRef<'_>, size: u64, sha256: &str) -> Result<(), HandlerError> {
+        if size != file.size || sha256 != file.sha256 {
+            return Err(HandlerError::permanent(
+                reason::CHECKSUM_MISMATCH,
+                format!(
+                    "spool file {} of job {} has {size} bytes with SHA-256 {sha256}, but the dumper recorded {} bytes with {}: the spool was modified or is damaged; run the backup again",
+                    file.name, file.job_id, file.size, file.sha256
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn upload_multipart(
+        &self,
+        file: &FileRef<'_>,
+        object: &str,
+        body: ferry_storage::Body,
+    ) -> Result<(), HandlerError> {
+        // Leftovers of an earlier, killed attempt at this object cost storage until
+        // aborted; nobody will complete them.
+        self.abort_pending(object).await;
+        let upload_id = self
+            .retry
+            .run("create upload", || self.store.create_multipart(object))
+            .await
+            .map_err(storage_error)?;
+        let result = self.send_parts(file, object, &upload_id, body).await;
+        match result {
+            Ok(parts) => {
+                let done = self
+                    .retry
+                    .run("complete upload", || {
+                        self.store.complete_multipart(object, &upload_id, &parts)
+                    })
+                    .await;
+                if let Err(err) = done {
+                    let _ = self.store.abort_multipart(object, &upload_id).await;
+                    return Err(storage_error(err));
+                }
+                Ok(())
+            }
+            Err(err) => {
+                if let Err(e) = self.store.abort_multipart(object, &upload_id).await {
+                    tracing::warn!(object, error = %e, "could not abort the failed upload; it is aborted on the next attempt");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Reads parts in order and uploads them concurrently, each holding its buffer
+    /// permits until sent.
+    async fn send_parts(
+        &self,
+        file: &FileRef<'_>,
+        object: &str,
+        upload_id: &str,
+        mut body: ferry_storage::Body,
+    ) -> Result<Vec<PartReceipt>, HandlerError> {
+        let part_size = self.part_size_for(file.size);
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut tasks: JoinSet<Result<PartReceipt, StorageError>> = JoinSet::new();
+        let mut receipts = Vec::new();
+        let mut number = 0u32;
+        loop {
+            let permit = self.buffer(part_size).await;
+            let mut buf = BytesMut::zeroed(part_size as usize);
+            let mut filled = 0;
+            while filled < buf.len() {
+                let n = body
+                    .read(&mut buf[filled..])
+                    .await
+                    .map_err(|e| spool_error(file, self.spool.as_ref(), e))?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            buf.truncate(filled);
+            if filled == 0 && number > 0 {
+                break;
+            }
+            hasher.update(&buf);
+            size += filled as u64;
+            number += 1;
+            let bytes = buf.freeze();
+            let (store, retry) = (self.store.clone(), self.retry);
+            let (object, upload_id) = (object.to_string(), upload_id.to_string());
+            tasks.spawn(async move {
+                let receipt = retry
+                    .run("upload part", || {
+                        store.upload_part(&object, &upload_id, number, bytes.clone())
+                    })
+                    .await;
+                drop(permit);
+                receipt
+            });
+            // Collect finished parts as we go, so a failing part stops the read.
+            while let Some(done) = tasks.try_join_next() {
+                receipts.push(joined(done)?);
+            }
+            if (filled as u64) < part_size {
+                break;
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            receipts.push(joined(done)?);
+        }
+        self.check(file, size, &hex::encode(hasher.finalize()))?;
+        Ok(receipts)
+    }
+
+    /// Aborts unfinished multipart uploads of exactly `object`.
+    pub async fn abort_pending(&self, object: &str) {
+        match self.store.list_multipart(object).await {
+            Ok(pending) => {
+                for p in pending.into_iter().filter(|p| p.key == object) {
+                    tracing::info!(object, upload_id = %p.upload_id, "aborting an unfinished upload left by an earlier attempt");
+                    let _ = self.store.abort_multipart(&p.key, &p.upload_id).await;
+                }
+            }
+            Err(e) => tracing::warn!(object, error = %e, "cannot list unfinished uploads"),
+        }
+    }
+}
+
+fn joined(
+    done: Result<Result<PartReceipt, StorageError>, tokio::task::JoinError>,
+) -> Result<PartReceipt, HandlerError> {
+    match done {
+        Ok(Ok(receipt)) => Ok(receipt),
+        Ok(Err(err)) => Err(storage_error(err)),
+        Err(e) => Err(HandlerError::retryable(
+            reason::INTERNAL,
+            format!("a part upload task ended abnormally: {e}"),
+        )),
+    }
+}
