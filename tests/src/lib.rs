@@ -58,6 +58,27 @@ impl TestEnv {
         pg_bin_dir: Option<&std::path::Path>,
         sources: impl FnOnce(&Paths) -> String,
     ) -> TestEnv {
+        Self::start_full(fill_sql, pg_bin_dir, None, sources).await
+    }
+
+    /// `start`, with the `[storage]` section (and anything after it) that
+    /// `storage` writes into the temporary directory it gets, instead of a local
+    /// directory store.
+    pub async fn start_on_storage(
+        fill_sql: &str,
+        storage: impl FnOnce(&std::path::Path) -> String,
+        sources: impl FnOnce(&Paths) -> String,
+    ) -> TestEnv {
+        Self::start_full(fill_sql, None, Some(Box::new(storage)), sources).await
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn start_full(
+        fill_sql: &str,
+        pg_bin_dir: Option<&std::path::Path>,
+        storage: Option<Box<dyn FnOnce(&std::path::Path) -> String + '_>>,
+        sources: impl FnOnce(&Paths) -> String,
+    ) -> TestEnv {
         let nats = NatsServer::start().await;
         let pg = PgCluster::from_env();
         let db = pg.create_database("ferry_e2e").await;
@@ -77,6 +98,13 @@ impl TestEnv {
         std::fs::write(&paths.password_file, format!("{}\n", pg.password)).unwrap();
         std::fs::write(&paths.wrong_password_file, "definitely-not-the-password\n").unwrap();
         let webhook = HttpReceiver::start().await;
+        let storage = match storage {
+            Some(storage) => storage(dir.path()),
+            None => format!(
+                "[storage]\nkind = \"fs\"\npath = \"{}\"\n",
+                dir.path().join("store").display()
+            ),
+        };
         let toml = format!(
             r#"
 [nats]
@@ -85,9 +113,7 @@ url = "{nats}"
 [spool]
 path = "{spool}"
 
-[storage]
-kind = "fs"
-path = "{store}"
+{storage}
 
 [http]
 listen = ""
@@ -106,7 +132,7 @@ on = ["failed", "succeeded"]
 "#,
             nats = nats.url(),
             spool = dir.path().join("spool").display(),
-            store = dir.path().join("store").display(),
+            storage = storage,
             pg_bin = pg_bin_dir.unwrap_or(&pg.bin_dir).display(),
             hook = webhook.url("/hook"),
             sources = sources(&paths),
