@@ -3,8 +3,12 @@
 //!
 //! `ferry-bench scheduler [--sources 10000]` needs `scripts/test-services up` (for
 //! a nats-server 2.10+) and starts its own NATS.
+//!
+//! `ferry-bench upload [--server moto|garage] [--mib 256]` needs
+//! `scripts/test-services up` and `eval "$(scripts/test-services env)"`.
 
 mod scheduler;
+mod upload;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +27,18 @@ enum Bench {
         #[arg(long, default_value_t = 10_000)]
         sources: usize,
     },
+    /// The uploader: multipart vs one single-stream PUT, dump/upload overlap, memory.
+    Upload {
+        /// `moto` or `garage`.
+        #[arg(long, default_value = "moto")]
+        server: String,
+        /// Size of the test file, in MiB.
+        #[arg(long, default_value_t = 256)]
+        mib: usize,
+        /// Files of the simulated dump (together `mib`).
+        #[arg(long, default_value_t = 8)]
+        files: usize,
+    },
 }
 
 #[tokio::main]
@@ -34,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
     })?;
     match Cli::parse().bench {
         Bench::Scheduler { sources } => scheduler::run(sources).await,
+        Bench::Upload { server, mib, files } => upload::run(&server, mib, files).await,
     }
 }
 
