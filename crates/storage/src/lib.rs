@@ -10,6 +10,7 @@
 mod fs;
 pub mod layout;
 pub mod manifest;
+pub mod manifest_mongo;
 pub mod spool;
 
 use std::fmt;
@@ -21,6 +22,7 @@ use tokio::io::AsyncRead;
 
 pub use fs::FsStore;
 pub use manifest::{Manifest, ManifestFile};
+pub use manifest_mongo::MongoManifest;
 
 /// A streaming body for `put`.
 pub type Body = Box<dyn AsyncRead + Send + Unpin>;

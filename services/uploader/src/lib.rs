@@ -5,6 +5,7 @@
 //! Idempotent on `job_id`: when the manifest already exists, the job is done and the
 //! event is re-announced from it.
 
+mod details;
 mod hashing;
 
 use std::sync::Arc;
@@ -196,6 +197,7 @@ impl Uploader {
             bytes_uploaded: bytes_total - bytes_reused,
             bytes_reused,
             trace_id: ferry_telemetry::current_trace_id(),
+            mongodb: dump.mongodb.as_ref().map(details::mongo_manifest),
         };
         // The commit point: written last, and only if no earlier attempt wrote it.
         let created = self

@@ -245,9 +245,16 @@ pub struct SourceConfig {
     pub password_env: Option<String>,
     /// File holding the password (a Docker or Kubernetes secret).
     pub password_file: Option<PathBuf>,
-    /// Databases to back up; empty means the one in the URL.
+    /// Databases to back up; empty means the one in the URL (PostgreSQL) or every
+    /// database but `admin`, `local` and `config` (MongoDB).
     #[serde(default)]
     pub databases: Vec<String>,
+    /// MongoDB: only these collections, as `db.collection` or `db.*`; empty means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collections: Vec<String>,
+    /// MongoDB: leave out these collections (`db.collection` or `db.*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_collections: Vec<String>,
     /// Cron expression (5 fields, or 6 with seconds); unset means manual jobs only.
     pub schedule: Option<String>,
     /// IANA time zone of the schedule and of retention periods.
@@ -406,6 +413,10 @@ pub struct DumperConfig {
     /// while the job runs). Set when the lease bucket is first created.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// MongoDB: collections one job dumps at once.
+    pub mongo_parallel_collections: usize,
+    /// MongoDB: zstd level of the dump files (1-22).
+    pub mongo_zstd_level: i32,
 }
 
 impl Default for DumperConfig {
@@ -414,6 +425,8 @@ impl Default for DumperConfig {
             concurrency: 2,
             pg_bin_dir: None,
             lease_ttl: Duration::from_secs(60),
+            mongo_parallel_collections: 4,
+            mongo_zstd_level: 1,
         }
     }
 }

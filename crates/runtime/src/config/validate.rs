@@ -148,6 +148,20 @@ impl Config {
         if self.dumper.concurrency == 0 {
             bad("dumper.concurrency".into(), "0", "at least 1");
         }
+        if self.dumper.mongo_parallel_collections == 0 {
+            bad(
+                "dumper.mongo_parallel_collections".into(),
+                "0",
+                "at least 1",
+            );
+        }
+        if !(1..=22).contains(&self.dumper.mongo_zstd_level) {
+            bad(
+                "dumper.mongo_zstd_level".into(),
+                &self.dumper.mongo_zstd_level.to_string(),
+                "a zstd level from 1 to 22",
+            );
+        }
         if self.uploader.concurrency == 0 {
             bad("uploader.concurrency".into(), "0", "at least 1");
         }
