@@ -64,7 +64,9 @@ impl MongoServer {
             for (user, password, roles) in &opts.users {
                 client
                     .database("admin")
-                    .run_command(doc! { "createUser": user, "pwd": password, "roles": roles.clone() })
+                    .run_command(
+                        doc! { "createUser": user, "pwd": password, "roles": roles.clone() },
+                    )
                     .await
                     .expect("create a test user");
             }
@@ -88,7 +90,10 @@ impl MongoServer {
 
     /// The URL with a user (and `authSource=admin`), without the password.
     pub fn url_with_user(&self, user: &str) -> String {
-        format!("{}&authSource=admin", self.url.replacen("://", &format!("://{user}@"), 1))
+        format!(
+            "{}&authSource=admin",
+            self.url.replacen("://", &format!("://{user}@"), 1)
+        )
     }
 
     /// A client of this server (no credentials).
@@ -98,9 +103,11 @@ impl MongoServer {
 
     /// A client logged in as `user`.
     pub async fn client_as(&self, user: &str, password: &str) -> Client {
-        let url = self
-            .url_with_user(user)
-            .replacen(&format!("{user}@"), &format!("{user}:{password}@"), 1);
+        let url = self.url_with_user(user).replacen(
+            &format!("{user}@"),
+            &format!("{user}:{password}@"),
+            1,
+        );
         connect(&url).await
     }
 
@@ -168,15 +175,19 @@ async fn connect(url: &str) -> Client {
 
 async fn wait_ready(url: &str) {
     let client = connect(url).await;
-    crate::wait_until("the mongo test server to answer", Duration::from_secs(60), || {
-        let client = client.clone();
-        async move {
-            client
-                .database("admin")
-                .run_command(doc! { "ping": 1 })
-                .await
-                .ok()
-        }
-    })
+    crate::wait_until(
+        "the mongo test server to answer",
+        Duration::from_secs(60),
+        || {
+            let client = client.clone();
+            async move {
+                client
+                    .database("admin")
+                    .run_command(doc! { "ping": 1 })
+                    .await
+                    .ok()
+            }
+        },
+    )
     .await;
 }

@@ -71,7 +71,8 @@ pub fn belongs_to_dropped(name: &str, dropped: &[String]) -> bool {
         };
         let stem = format!("{db}/{}.", ferry_stem(coll));
         name.starts_with(&stem)
-            && (name[stem.len()..].starts_with("bson") || name[stem.len()..].starts_with("metadata.json"))
+            && (name[stem.len()..].starts_with("bson")
+                || name[stem.len()..].starts_with("metadata.json"))
     })
 }
 
@@ -168,11 +169,9 @@ pub async fn restore(
             let db = target_db(&item.db);
             let counter = progress.counter.clone();
             async move {
-                load::collection(
-                    client, store, item, meta, &db, staging, opts, counter,
-                )
-                .await
-                .with_context(|| format!("restoring {}.{}", item.db, item.name))
+                load::collection(client, store, item, meta, &db, staging, opts, counter)
+                    .await
+                    .with_context(|| format!("restoring {}.{}", item.db, item.name))
             }
         })
         .buffer_unordered(opts.parallel_collections.max(1))
@@ -242,8 +241,8 @@ fn redact(url: &str) -> String {
 fn read_metadata(path: &std::path::Path, file: &ManifestFile) -> anyhow::Result<Document> {
     let mut json = Vec::new();
     std::io::Read::read_to_end(&mut decompressed(path, &file.compression)?, &mut json)?;
-    let value: serde_json::Value = serde_json::from_slice(&json)
-        .with_context(|| format!("{} is not JSON", file.name))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&json).with_context(|| format!("{} is not JSON", file.name))?;
     match Bson::try_from(value) {
         Ok(Bson::Document(d)) => Ok(d),
         Ok(_) => anyhow::bail!("{} is not a metadata document", file.name),

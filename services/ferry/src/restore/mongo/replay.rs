@@ -33,8 +33,12 @@ pub async fn apply(
     });
     let mut applied = 0;
     while let Some(raw) = rx.recv().await {
-        let entry: Document = raw.to_document().context("oplog.bson holds an invalid entry")?;
-        let ts = entry.get_timestamp("ts").context("an oplog entry without ts")?;
+        let entry: Document = raw
+            .to_document()
+            .context("oplog.bson holds an invalid entry")?;
+        let ts = entry
+            .get_timestamp("ts")
+            .context("an oplog entry without ts")?;
         if let Some(end) = end
             && (ts.time, ts.increment) > (end.seconds, end.increment)
         {
@@ -64,7 +68,12 @@ async fn apply_one(
     let Some((db, coll)) = ns.split_once('.') else {
         return Ok(false);
     };
-    let target = |db: &str| opts.rename_db.get(db).cloned().unwrap_or_else(|| db.to_string());
+    let target = |db: &str| {
+        opts.rename_db
+            .get(db)
+            .cloned()
+            .unwrap_or_else(|| db.to_string())
+    };
     let wanted = |db: &str, coll: &str| {
         opts.collection
             .as_ref()
@@ -90,7 +99,11 @@ async fn apply_one(
                         .get_document("o2")
                         .context("an insert or update without o2")?
                         .clone();
-                    let modifier = o.iter().next().transpose()?.is_some_and(|(k, _)| k.starts_with('$'));
+                    let modifier = o
+                        .iter()
+                        .next()
+                        .transpose()?
+                        .is_some_and(|(k, _)| k.starts_with('$'));
                     if modifier {
                         database
                             .collection::<Document>(coll)
@@ -105,7 +118,9 @@ async fn apply_one(
             }
         }
         "c" => {
-            let o = entry.get_document("o").context("a command entry without o")?;
+            let o = entry
+                .get_document("o")
+                .context("a command entry without o")?;
             if let Ok(name) = o.get_str("drop") {
                 if !wanted(db, name) {
                     return Ok(false);
