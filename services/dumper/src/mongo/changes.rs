@@ -64,12 +64,26 @@ impl Capture {
         filter: &CollectionFilter,
         out: &JobOutput,
     ) -> Result<Option<Capture>, HandlerError> {
-        let stream = client
-            .watch()
-            .pipeline([doc! { "$match": { "ns.db": { "$in": databases } } }])
-            .start_at_operation_time(start)
-            .max_await_time(AWAIT)
-            .await;
+        // One database: a database-level stream, which a user with only `read` on
+        // that database may open. Several: one cluster-wide stream, in order.
+        let stream = match databases {
+            [db] => {
+                client
+                    .database(db)
+                    .watch()
+                    .start_at_operation_time(start)
+                    .max_await_time(AWAIT)
+                    .await
+            }
+            _ => {
+                client
+                    .watch()
+                    .pipeline([doc! { "$match": { "ns.db": { "$in": databases } } }])
+                    .start_at_operation_time(start)
+                    .max_await_time(AWAIT)
+                    .await
+            }
+        };
         let stream = match stream {
             Ok(s) => s.with_type::<RawDocumentBuf>(),
             Err(e)
@@ -86,7 +100,10 @@ impl Capture {
             Err(e) => {
                 return Err(errors::classify(
                     source,
-                    "opening the change stream that captures changes during the dump (the backup user needs the changeStream and find privileges on the dumped databases)",
+                    &format!(
+                        "opening the change stream that captures changes during the dump of {} (the backup user needs the changeStream and find privileges there)",
+                        databases.join(", ")
+                    ),
                     &e,
                 ));
             }
@@ -134,6 +151,10 @@ async fn run(
         let Some(event) = event else {
             if end_known.is_some() {
                 break;
+            }
+            if !stream.is_alive() {
+                // Invalidated (its database was dropped): nothing more will come.
+                tokio::time::sleep(AWAIT).await;
             }
             continue;
         };
