@@ -3,7 +3,11 @@
 //!
 //! `ferry-bench scheduler [--sources 10000]` needs `scripts/test-services up` (for
 //! a nats-server 2.10+) and starts its own NATS.
+//!
+//! `ferry-bench mongo-dump [--gb 0.25 --gb 1]` needs the MongoDB test server and the
+//! test venv's Python (pymongo) for the baseline.
 
+mod mongo;
 mod scheduler;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +27,28 @@ enum Bench {
         #[arg(long, default_value_t = 10_000)]
         sources: usize,
     },
+    /// MongoDB dump: Ferry vs pymongo raw batches into `zstd -1`; restore rate.
+    MongoDump {
+        /// The server (default: the test server).
+        #[arg(long, env = "FERRY_TEST_MONGO_URL", default_value = "mongodb://127.0.0.1:57017")]
+        url: String,
+        /// Dataset sizes in GB (each its own database, generated once and reused).
+        #[arg(long = "gb", default_values_t = [0.25, 1.0])]
+        sizes: Vec<f64>,
+        /// The Python with pymongo for the baseline.
+        #[arg(long, default_value = "python3")]
+        python: std::path::PathBuf,
+    },
+    /// (internal) Ferry's side of mongo-dump, run as a child process.
+    #[command(hide = true)]
+    MongoDumpChild {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        db: String,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -34,6 +60,12 @@ async fn main() -> anyhow::Result<()> {
     })?;
     match Cli::parse().bench {
         Bench::Scheduler { sources } => scheduler::run(sources).await,
+        Bench::MongoDump {
+            url,
+            sizes,
+            python,
+        } => mongo::run(url, sizes, python).await,
+        Bench::MongoDumpChild { url, db, out } => mongo::child(url, db, out).await,
     }
 }
 

@@ -226,3 +226,51 @@ async fn awkward_data_round_trips_byte_for_byte_with_indexes_and_options() {
     client.database(&source_db).drop().await.unwrap();
     client.database(&restored_db).drop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_small_documents_round_trip() {
+    let (server, client) = shared_client().await;
+    let source_db = unique_name("ferry_million");
+    let restored_db = format!("{source_db}_r");
+    let coll = client.database(&source_db).collection::<RawDocumentBuf>("events");
+    const N: i32 = 1_000_000;
+    const BATCH: i32 = 100_000; // the server's maxWriteBatchSize
+    for start in (0..N).step_by(BATCH as usize) {
+        let batch: Vec<RawDocumentBuf> = (start..start + BATCH)
+            .map(|i| RawDocumentBuf::from_document(&doc! { "_id": i, "k": i % 97 }).unwrap())
+            .collect();
+        coll.insert_many(batch).ordered(false).await.unwrap();
+    }
+
+    let env = TestEnv::start("", |_| mongo_source("events", server.url(), &[&source_db], "")).await;
+    let manifest = backup_now(&env, "events", Duration::from_secs(600)).await;
+    let details = manifest.mongodb.clone().unwrap();
+    assert_eq!(details.collections.len(), 1);
+    assert_eq!(details.collections[0].documents, N as u64);
+
+    let options = MongoRestoreOptions {
+        to: server.url().to_string(),
+        rename_db: [(source_db.clone(), restored_db.clone())].into(),
+        parallel_collections: 1,
+        parallel_batches: 4,
+        ..Default::default()
+    };
+    let report = restore(env.store().as_ref(), &manifest, &options).await.unwrap();
+    assert_eq!(report.documents, N as u64);
+
+    // Both collections streamed side by side in _id order, compared byte for byte.
+    let source_coll = client.database(&source_db).collection::<RawDocumentBuf>("events");
+    let restored_coll = client.database(&restored_db).collection::<RawDocumentBuf>("events");
+    let mut a = source_coll.find(doc! {}).sort(doc! { "_id": 1 }).batch_size(20_000).await.unwrap();
+    let mut b = restored_coll.find(doc! {}).sort(doc! { "_id": 1 }).batch_size(20_000).await.unwrap();
+    let mut compared = 0;
+    while a.advance().await.unwrap() {
+        assert!(b.advance().await.unwrap(), "restored ends early at {compared}");
+        assert_eq!(a.current().as_bytes(), b.current().as_bytes(), "document {compared}");
+        compared += 1;
+    }
+    assert!(!b.advance().await.unwrap(), "restored has more documents");
+    assert_eq!(compared, N);
+    client.database(&source_db).drop().await.unwrap();
+    client.database(&restored_db).drop().await.unwrap();
+}
