@@ -30,7 +30,11 @@ enum Bench {
     /// MongoDB dump: Ferry vs pymongo raw batches into `zstd -1`; restore rate.
     MongoDump {
         /// The server (default: the test server).
-        #[arg(long, env = "FERRY_TEST_MONGO_URL", default_value = "mongodb://127.0.0.1:57017")]
+        #[arg(
+            long,
+            env = "FERRY_TEST_MONGO_URL",
+            default_value = "mongodb://127.0.0.1:57017"
+        )]
         url: String,
         /// Dataset sizes in GB (each its own database, generated once and reused).
         #[arg(long = "gb", default_values_t = [0.25, 1.0])]
@@ -60,11 +64,7 @@ async fn main() -> anyhow::Result<()> {
     })?;
     match Cli::parse().bench {
         Bench::Scheduler { sources } => scheduler::run(sources).await,
-        Bench::MongoDump {
-            url,
-            sizes,
-            python,
-        } => mongo::run(url, sizes, python).await,
+        Bench::MongoDump { url, sizes, python } => mongo::run(url, sizes, python).await,
         Bench::MongoDumpChild { url, db, out } => mongo::child(url, db, out).await,
     }
 }

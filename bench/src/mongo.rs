@@ -222,7 +222,11 @@ async fn ensure_dataset(client: &Client, db: &str, gb: f64) -> anyhow::Result<u6
     let stats = database.run_command(doc! { "dbStats": 1 }).await?;
     let have = stats
         .get("dataSize")
-        .and_then(|v| v.as_f64().or_else(|| v.as_i64().map(|i| i as f64)).or_else(|| v.as_i32().map(f64::from)))
+        .and_then(|v| {
+            v.as_f64()
+                .or_else(|| v.as_i64().map(|i| i as f64))
+                .or_else(|| v.as_i32().map(f64::from))
+        })
         .unwrap_or(0.0) as u64;
     if have >= target * 95 / 100 {
         return Ok(have);
@@ -259,8 +263,8 @@ fn mix(seed: u64) -> u64 {
 }
 
 const WORDS: [&str; 16] = [
-    "ferry", "harbour", "cargo", "north", "amber", "delta", "quiet", "river", "signal",
-    "stone", "violet", "window", "yellow", "zinc", "orbit", "linen",
+    "ferry", "harbour", "cargo", "north", "amber", "delta", "quiet", "river", "signal", "stone",
+    "violet", "window", "yellow", "zinc", "orbit", "linen",
 ];
 
 fn words(seed: u64, n: usize) -> String {

@@ -232,7 +232,9 @@ async fn a_million_small_documents_round_trip() {
     let (server, client) = shared_client().await;
     let source_db = unique_name("ferry_million");
     let restored_db = format!("{source_db}_r");
-    let coll = client.database(&source_db).collection::<RawDocumentBuf>("events");
+    let coll = client
+        .database(&source_db)
+        .collection::<RawDocumentBuf>("events");
     const N: i32 = 1_000_000;
     const BATCH: i32 = 100_000; // the server's maxWriteBatchSize
     for start in (0..N).step_by(BATCH as usize) {
@@ -242,7 +244,10 @@ async fn a_million_small_documents_round_trip() {
         coll.insert_many(batch).ordered(false).await.unwrap();
     }
 
-    let env = TestEnv::start("", |_| mongo_source("events", server.url(), &[&source_db], "")).await;
+    let env = TestEnv::start("", |_| {
+        mongo_source("events", server.url(), &[&source_db], "")
+    })
+    .await;
     let manifest = backup_now(&env, "events", Duration::from_secs(600)).await;
     let details = manifest.mongodb.clone().unwrap();
     assert_eq!(details.collections.len(), 1);
@@ -255,18 +260,41 @@ async fn a_million_small_documents_round_trip() {
         parallel_batches: 4,
         ..Default::default()
     };
-    let report = restore(env.store().as_ref(), &manifest, &options).await.unwrap();
+    let report = restore(env.store().as_ref(), &manifest, &options)
+        .await
+        .unwrap();
     assert_eq!(report.documents, N as u64);
 
     // Both collections streamed side by side in _id order, compared byte for byte.
-    let source_coll = client.database(&source_db).collection::<RawDocumentBuf>("events");
-    let restored_coll = client.database(&restored_db).collection::<RawDocumentBuf>("events");
-    let mut a = source_coll.find(doc! {}).sort(doc! { "_id": 1 }).batch_size(20_000).await.unwrap();
-    let mut b = restored_coll.find(doc! {}).sort(doc! { "_id": 1 }).batch_size(20_000).await.unwrap();
+    let source_coll = client
+        .database(&source_db)
+        .collection::<RawDocumentBuf>("events");
+    let restored_coll = client
+        .database(&restored_db)
+        .collection::<RawDocumentBuf>("events");
+    let mut a = source_coll
+        .find(doc! {})
+        .sort(doc! { "_id": 1 })
+        .batch_size(20_000)
+        .await
+        .unwrap();
+    let mut b = restored_coll
+        .find(doc! {})
+        .sort(doc! { "_id": 1 })
+        .batch_size(20_000)
+        .await
+        .unwrap();
     let mut compared = 0;
     while a.advance().await.unwrap() {
-        assert!(b.advance().await.unwrap(), "restored ends early at {compared}");
-        assert_eq!(a.current().as_bytes(), b.current().as_bytes(), "document {compared}");
+        assert!(
+            b.advance().await.unwrap(),
+            "restored ends early at {compared}"
+        );
+        assert_eq!(
+            a.current().as_bytes(),
+            b.current().as_bytes(),
+            "document {compared}"
+        );
         compared += 1;
     }
     assert!(!b.advance().await.unwrap(), "restored has more documents");

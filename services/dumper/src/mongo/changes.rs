@@ -48,7 +48,16 @@ pub struct Captured {
 /// A change stream being written to `oplog.bson` while the dump runs.
 pub struct Capture {
     end: watch::Sender<Option<Timestamp>>,
-    task: JoinHandle<Result<Captured, HandlerError>>,
+    /// Taken by `finish`; aborted on drop, so a failed dump leaves no stream open.
+    task: Option<JoinHandle<Result<Captured, HandlerError>>>,
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 type Stream = mongodb::change_stream::ChangeStream<RawDocumentBuf>;
@@ -120,13 +129,17 @@ impl Capture {
             filter.clone(),
             source.to_string(),
         ));
-        Ok(Some(Capture { end, task }))
+        Ok(Some(Capture {
+            end,
+            task: Some(task),
+        }))
     }
 
     /// Stops at `end`: every change up to it is written, none after it.
-    pub async fn finish(self, end: Timestamp) -> Result<Captured, HandlerError> {
+    pub async fn finish(mut self, end: Timestamp) -> Result<Captured, HandlerError> {
         let _ = self.end.send(Some(end));
-        self.task.await.map_err(|e| {
+        let task = self.task.take().expect("finish runs once");
+        task.await.map_err(|e| {
             HandlerError::retryable(reason::INTERNAL, format!("change capture task: {e}"))
         })?
     }
@@ -321,4 +334,79 @@ fn update_entries(event: &RawDocument) -> Vec<RawDocumentBuf> {
         out.push(update);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(d: mongodb::bson::Document) -> RawDocumentBuf {
+        RawDocumentBuf::from_document(&d).unwrap()
+    }
+
+    #[test]
+    fn change_events_become_oplog_entries() {
+        let ts = Timestamp {
+            time: 10,
+            increment: 2,
+        };
+        let all = CollectionFilter::default();
+        let mut skipped = BTreeSet::new();
+        let update = event(doc! {
+            "operationType": "update",
+            "clusterTime": ts,
+            "ns": { "db": "shop", "coll": "items" },
+            "documentKey": { "_id": 7 },
+            "updateDescription": {
+                "updatedFields": { "a.b": 1, "list.2": "x" },
+                "removedFields": ["gone"],
+                "truncatedArrays": [{ "field": "list", "newSize": 3 }],
+            },
+        });
+        let entries = to_oplog(&update, ts, &all, &mut skipped);
+        let docs: Vec<_> = entries.iter().map(|e| e.to_document().unwrap()).collect();
+        assert_eq!(
+            docs,
+            vec![
+                doc! { "ts": ts, "op": "u", "ns": "shop.items", "o": { "$push": { "list": { "$each": [], "$slice": 3 } } }, "o2": { "_id": 7 } },
+                doc! { "ts": ts, "op": "u", "ns": "shop.items", "o": { "$set": { "a.b": 1, "list.2": "x" }, "$unset": { "gone": "" } }, "o2": { "_id": 7 } },
+            ]
+        );
+
+        let insert = event(doc! {
+            "operationType": "insert", "clusterTime": ts,
+            "ns": { "db": "shop", "coll": "items" },
+            "documentKey": { "_id": 1 }, "fullDocument": { "_id": 1, "z": 1, "a": 2 },
+        });
+        let e = to_oplog(&insert, ts, &all, &mut skipped).remove(0);
+        assert_eq!(
+            e.get_document("o").unwrap().as_bytes(),
+            insert.get_document("fullDocument").unwrap().as_bytes(),
+            "the inserted document's bytes as they were"
+        );
+
+        let drop = event(
+            doc! { "operationType": "drop", "clusterTime": ts, "ns": { "db": "shop", "coll": "old" } },
+        );
+        assert_eq!(
+            to_oplog(&drop, ts, &all, &mut skipped)[0]
+                .to_document()
+                .unwrap(),
+            doc! { "ts": ts, "op": "c", "ns": "shop.$cmd", "o": { "drop": "old" } }
+        );
+
+        let only_orders = CollectionFilter::new(&["shop.orders".into()], &[]).unwrap();
+        assert!(to_oplog(&insert, ts, &only_orders, &mut skipped).is_empty());
+
+        let create = event(
+            doc! { "operationType": "createIndexes", "clusterTime": ts, "ns": { "db": "shop", "coll": "items" } },
+        );
+        assert_eq!(
+            to_oplog(&create, ts, &all, &mut skipped)[0]
+                .get_str("op")
+                .unwrap(),
+            "n"
+        );
+        assert!(skipped.contains("createIndexes"));
+    }
 }

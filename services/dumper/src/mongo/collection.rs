@@ -15,6 +15,10 @@ use crate::output::JobOutput;
 /// into the pipe per document would cost more than the copy.
 const WRITE_BUFFER: usize = 256 * 1024;
 
+/// Bytes a cursor batch aims at: the batch is what a collection in flight holds in
+/// memory, so this (times `mongo_parallel_collections`) bounds the dump's memory.
+const BATCH_BYTES: f64 = 4.0 * 1024.0 * 1024.0;
+
 /// A collection or view as `listCollections` describes it.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -211,7 +215,11 @@ async fn read_documents(
     entry: &mut MongoCollection,
 ) -> Result<(), ReadError> {
     let collection = db.collection::<RawDocumentBuf>(name);
-    let mut cursor = collection.find(doc! {}).await.map_err(ReadError::Mongo)?;
+    let mut find = collection.find(doc! {});
+    if let Some(size) = batch_size(db, name).await {
+        find = find.batch_size(size);
+    }
+    let mut cursor = find.await.map_err(ReadError::Mongo)?;
     // `advance` + `current` borrow each document inside the batch the driver
     // holds: no copy, no decode.
     while cursor.advance().await.map_err(ReadError::Mongo)? {
@@ -221,6 +229,19 @@ async fn read_documents(
         entry.bytes += bytes.len() as u64;
     }
     Ok(())
+}
+
+/// Documents per batch for about `BATCH_BYTES`, from the collection's average
+/// document size; None (the server's default, up to 16 MiB) when unknown.
+async fn batch_size(db: &Database, name: &str) -> Option<u32> {
+    let stats = db.run_command(doc! { "collStats": name }).await.ok()?;
+    let avg = match stats.get("avgObjSize")? {
+        Bson::Double(v) => *v,
+        Bson::Int32(v) => f64::from(*v),
+        Bson::Int64(v) => *v as f64,
+        _ => return None,
+    };
+    (avg > 0.0).then(|| (BATCH_BYTES / avg).clamp(101.0, 100_000.0) as u32)
 }
 
 async fn list_indexes(db: &Database, name: &str) -> mongodb::error::Result<Vec<Document>> {

@@ -18,7 +18,7 @@ use crate::restore::{decompressed, fetch_verified};
 
 /// Bytes of documents per insert batch: large enough to amortise a round trip,
 /// small enough that `parallel_batches` of them stay a few tens of MiB.
-const BATCH_BYTES: usize = 8 * 1024 * 1024;
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Documents per insert batch at most.
 const BATCH_DOCS: usize = 10_000;
 /// The largest document a .bson file may hold (16 MiB plus the server's slack).
@@ -51,7 +51,7 @@ pub async fn collection(
         let staged = tempfile::NamedTempFile::new_in(staging)?.into_temp_path();
         fetch_verified(store, file, &staged).await?;
         let reader = decompressed(&staged, &file.compression)?;
-        let (tx, rx) = mpsc::channel::<Vec<RawDocumentBuf>>(opts.parallel_batches.max(1));
+        let (tx, rx) = mpsc::channel::<Vec<RawDocumentBuf>>(2);
         let name = file.name.clone();
         let reading = tokio::task::spawn_blocking(move || read_batches(reader, &name, tx));
         let coll = db.collection::<RawDocumentBuf>(&item.name);
