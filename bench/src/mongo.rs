@@ -70,7 +70,7 @@ pub async fn run(url: String, sizes: Vec<f64>, python: PathBuf) -> anyhow::Resul
             ferry.cpu,
             ferry.cpu / gbs,
             ferry.rss_mib,
-            dir_size(&ferry_dir) as f64 / 1e6,
+            dir_size(&ferry_dir.join("job")) as f64 / 1e6,
             baseline.wall,
             baseline.cpu,
             baseline.cpu / gbs,
