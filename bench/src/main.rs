@@ -42,6 +42,9 @@ enum Bench {
         /// The Python with pymongo for the baseline.
         #[arg(long, default_value = "python3")]
         python: std::path::PathBuf,
+        /// Collections Ferry dumps at once (`dumper.mongo_parallel_collections`).
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
     },
     /// (internal) Ferry's side of mongo-dump, run as a child process.
     #[command(hide = true)]
@@ -52,6 +55,8 @@ enum Bench {
         db: String,
         #[arg(long)]
         out: std::path::PathBuf,
+        #[arg(long)]
+        parallel: usize,
     },
 }
 
@@ -64,8 +69,18 @@ async fn main() -> anyhow::Result<()> {
     })?;
     match Cli::parse().bench {
         Bench::Scheduler { sources } => scheduler::run(sources).await,
-        Bench::MongoDump { url, sizes, python } => mongo::run(url, sizes, python).await,
-        Bench::MongoDumpChild { url, db, out } => mongo::child(url, db, out).await,
+        Bench::MongoDump {
+            url,
+            sizes,
+            python,
+            parallel,
+        } => mongo::run(url, sizes, python, parallel).await,
+        Bench::MongoDumpChild {
+            url,
+            db,
+            out,
+            parallel,
+        } => mongo::child(url, db, out, parallel).await,
     }
 }
 

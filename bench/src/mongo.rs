@@ -30,10 +30,18 @@ struct Usage {
 }
 
 /// Runs the benchmark for each dataset size (GB).
-pub async fn run(url: String, sizes: Vec<f64>, python: PathBuf) -> anyhow::Result<()> {
+pub async fn run(
+    url: String,
+    sizes: Vec<f64>,
+    python: PathBuf,
+    parallel: usize,
+) -> anyhow::Result<()> {
     let client = Client::with_uri_str(&url).await?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("load average at start: {}", load.trim());
+    println!(
+        "load average at start: {}; ferry dumps {parallel} collections at once",
+        load.trim()
+    );
     let mut rows = Vec::new();
     for gb in sizes {
         let db = format!("ferry_bench_{}", (gb * 100.0).round() as u64);
@@ -51,7 +59,9 @@ pub async fn run(url: String, sizes: Vec<f64>, python: PathBuf) -> anyhow::Resul
                 .arg("--db")
                 .arg(&db)
                 .arg("--out")
-                .arg(&ferry_dir),
+                .arg(&ferry_dir)
+                .arg("--parallel")
+                .arg(parallel.to_string()),
         )?;
         let script = work.path().join("baseline.py");
         std::fs::write(&script, BASELINE)?;
@@ -91,14 +101,18 @@ pub async fn run(url: String, sizes: Vec<f64>, python: PathBuf) -> anyhow::Resul
 
 /// The child side: Ferry's dump of `db` into `out`, then the manifest it implies
 /// (files and details) as `out/manifest.json`, for the restore measurement.
-pub async fn child(url: String, db: String, out: PathBuf) -> anyhow::Result<()> {
+pub async fn child(url: String, db: String, out: PathBuf, parallel: usize) -> anyhow::Result<()> {
     let source = Config::from_toml(&format!(
         "[[sources]]\nname = \"bench\"\nengine = \"mongodb\"\nurl = \"{url}\"\ndatabases = [\"{db}\"]\n"
     ))?
     .sources
     .remove(0);
     let output = JobOutput::new(out.join("job"), Compression::Zstd { level: 1 }, None);
-    let result = dump(&source, None, &[], &output, &MongoOptions::default())
+    let options = MongoOptions {
+        parallel_collections: parallel.max(1),
+        ..Default::default()
+    };
+    let result = dump(&source, None, &[], &output, &options)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = FsStore::new(&out.join("store"), "")?;
