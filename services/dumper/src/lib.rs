@@ -320,6 +320,10 @@ impl Dumper {
             databases,
             deadline: job.deadline,
         };
+        ferry_runtime::metrics::count_bytes(
+            ferry_runtime::metrics::ByteKind::Dumped,
+            done.files.iter().map(|f| f.size).sum(),
+        );
         tokio::fs::write(marker, done.encode_to_vec())
             .await
             .map_err(spool_err)?;

@@ -79,6 +79,7 @@ impl Retention {
             tracing::info!(backup_id = %d.id, "expired backup deleted");
         }
         let (objects_deleted, bytes_freed) = self.collect_garbage().await?;
+        ferry_runtime::metrics::count_bytes(ferry_runtime::metrics::ByteKind::Freed, bytes_freed);
         Ok(RetentionOutcome {
             plan,
             objects_deleted,

@@ -327,10 +327,22 @@ pub(crate) fn valid_token(name: &str) -> bool {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
-    /// OTLP/HTTP endpoint for traces; unset means logs only.
+    /// OTLP endpoint for traces (`http://collector:4317`); unset means logs only.
     pub otlp_endpoint: Option<String>,
+    /// `grpc` or `http`; unset: `OTEL_EXPORTER_OTLP_PROTOCOL`, then `grpc`.
+    pub otlp_protocol: Option<OtlpProtocolConfig>,
     /// `text` or `json` log lines.
     pub log_format: LogFormatConfig,
+}
+
+/// How traces are exported.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpProtocolConfig {
+    /// OTLP over gRPC (port 4317).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318).
+    Http,
 }
 
 /// Log line format.
@@ -520,6 +532,7 @@ on = ["failed", "succeeded"]
 
 [telemetry]
 otlp_endpoint = "http://127.0.0.1:4317"
+otlp_protocol = "grpc"
 
 [http]
 listen = "127.0.0.1:9464"
