@@ -253,6 +253,9 @@ pub fn render_tree(spans: &[ReceivedSpan]) -> String {
                 "ferry.job_id",
                 "messaging.destination.name",
                 "messaging.message.id",
+                "ferry.bytes_dumped",
+                "ferry.bytes_uploaded",
+                "ferry.bytes_reused",
             ] {
                 if !span.attr(key).is_empty() {
                     notes.push(format!("{key}={}", span.attr(key)));

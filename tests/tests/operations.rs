@@ -136,6 +136,15 @@ async fn each_job_is_one_trace_across_the_five_worker_processes() {
         render_tree(&spans)
     );
     check_trace(&stack, &spans, &good, "good", &all);
+    let dumper = spans
+        .iter()
+        .find(|s| s.service == "ferry-dumper" && s.attr("ferry.job_id") == good)
+        .unwrap();
+    let dumped: u64 = dumper
+        .attr("ferry.bytes_dumped")
+        .parse()
+        .expect("bytes on the span");
+    assert_eq!(dumped, uploaded.bytes_total, "{dumper:?}");
     let protocols: BTreeSet<&str> = spans.iter().map(|s| s.protocol).collect();
     assert_eq!(
         protocols,

@@ -294,11 +294,19 @@ pub(crate) async fn scope<F: std::future::Future>(metrics: Metrics, fut: F) -> F
     CURRENT.scope(metrics, fut).await
 }
 
-/// Adds `n` bytes of `kind` to the metrics of the job being handled on this task.
-/// Outside a runner (a handler called directly in a unit test) there is no process
-/// metrics registry to count into, and nothing is counted.
+/// Adds `n` bytes of `kind` to the metrics of the job being handled on this task, and
+/// records them on the job's span (`ferry.bytes_dumped`, …). Outside a runner (a
+/// handler called directly in a unit test) there is no process metrics registry to
+/// count into, and nothing is counted.
 pub fn count_bytes(kind: ByteKind, n: u64) {
     let _ = CURRENT.try_with(|m| m.add_bytes(kind, n));
+    let field = match kind {
+        ByteKind::Dumped => "ferry.bytes_dumped",
+        ByteKind::Uploaded => "ferry.bytes_uploaded",
+        ByteKind::Reused => "ferry.bytes_reused",
+        ByteKind::Freed => "ferry.bytes_freed",
+    };
+    tracing::Span::current().record(field, n);
 }
 
 /// Counts a committed backup's bytes: `uploaded` sent, `reused` already stored.

@@ -388,6 +388,11 @@ impl<H: Handler> Delivery<H> {
             ferry.job_id = tracing::field::Empty,
             ferry.source = tracing::field::Empty,
             ferry.attempt = attempt,
+            // Filled by `metrics::count_bytes` where the handler knows them.
+            ferry.bytes_dumped = tracing::field::Empty,
+            ferry.bytes_uploaded = tracing::field::Empty,
+            ferry.bytes_reused = tracing::field::Empty,
+            ferry.bytes_freed = tracing::field::Empty,
         );
         let _ = span.set_parent(ferry_telemetry::extract(message.headers.as_ref()));
         if attempt > 1 {
