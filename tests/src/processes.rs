@@ -65,7 +65,54 @@ pub fn binary(name: &str) -> PathBuf {
         "{} is missing: build the workers with `cargo build --bins` (cargo nextest run --workspace does)",
         path.display()
     );
+    // `cargo nextest run -p ferry-e2e` alone does not rebuild other packages'
+    // binaries: refuse to test an old build rather than pass or fail on stale code.
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    // What a worker binary is built from: its own service and the shared crates
+    // (a service never depends on another service).
+    let service = name.strip_prefix("ferry-").unwrap_or(name);
+    let sources = [
+        format!("services/{service}/src"),
+        "crates/runtime/src".into(),
+        "crates/telemetry/src".into(),
+        "crates/storage/src".into(),
+        "proto/src".into(),
+    ];
+    for dir in sources {
+        if let Some(newer) = newer_source(&root.join(dir), built) {
+            panic!(
+                "{} is older than {}: rebuild the workers with `cargo build --bins`",
+                path.display(),
+                newer.display()
+            );
+        }
+    }
     path
+}
+
+/// A Rust source under `dir` modified after `than`, skipping tests (which are not
+/// part of the binaries).
+fn newer_source(dir: &Path, than: std::time::SystemTime) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()? {
+        let path = entry.ok()?.path();
+        if path.is_dir() {
+            if path
+                .file_name()
+                .is_some_and(|n| n == "tests" || n == "target")
+            {
+                continue;
+            }
+            if let Some(newer) = newer_source(&path, than) {
+                return Some(newer);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs")
+            && std::fs::metadata(&path).and_then(|m| m.modified()).ok()? > than
+        {
+            return Some(path);
+        }
+    }
+    None
 }
 
 /// Every worker as its own process, and what they talk to.

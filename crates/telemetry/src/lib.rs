@@ -156,6 +156,10 @@ pub fn init_with_exporter<E: SpanExporter + 'static>(
 fn resource(options: &TelemetryOptions) -> Resource {
     Resource::builder()
         .with_service_name(options.service_name.clone())
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
         .build()
 }
 
