@@ -5,6 +5,7 @@
 pub mod config;
 pub mod http;
 pub mod human;
+pub mod lease;
 pub mod metrics;
 pub mod nats;
 pub mod process;

@@ -5,7 +5,6 @@
 //! directory, so a redelivered job re-announces the same dump instead of dumping
 //! again; an unfinished one is discarded and redone.
 
-mod lease;
 mod postgres;
 
 use std::path::PathBuf;
@@ -17,6 +16,7 @@ use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{DumpCompleted, DumpFile, Engine, JobRequested, SpoolLocation, Stage};
 use ferry_proto::{Message, reason};
 use ferry_runtime::config::{EngineKind, OverlapPolicy, SourceConfig};
+use ferry_runtime::lease;
 use ferry_runtime::secrets::{SecretSource, read_secret};
 use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
 use ferry_storage::spool::{DirSpool, hash_file, list_files};
