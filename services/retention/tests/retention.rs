@@ -265,3 +265,47 @@ async fn keep_marks_survive_and_the_last_backup_is_never_deleted() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_periodic_sweep_applies_the_policy_and_reports_it() {
+    // A policy that expires everything but the newest backup, a backup time far
+    // in the past, and the real worker with a one-second sweep.
+    let env = Env::start_with(StoreKind::Fs, "{ keep_last = 1 }", "1s").await;
+    let source = "orders";
+    let ids = thirty_backups(&env, source).await;
+    let rt = env.runtime();
+    let events = rt
+        .jetstream
+        .get_stream(ferry_proto::subjects::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn(ferry_retention::run(rt.clone(), shutdown.clone()));
+    let remaining = ferry_testkit::wait_until(
+        "the sweep expires 29 backups",
+        Duration::from_secs(30),
+        || async {
+            let ids = env.backup_ids(source).await;
+            (ids.len() == 1).then_some(ids)
+        },
+    )
+    .await;
+    assert_eq!(remaining, [ids[29].clone()]);
+    let subject = ferry_proto::subjects::EventKind::Retention.subject(source);
+    let message = ferry_testkit::wait_until(
+        "RetentionApplied from the sweep",
+        Duration::from_secs(10),
+        || async { events.get_last_raw_message_by_subject(&subject).await.ok() },
+    )
+    .await;
+    let applied =
+        <ferry_proto::v1::RetentionApplied as prost::Message>::decode(message.payload.as_ref())
+            .unwrap();
+    assert!(applied.job_id.starts_with("sweep-"), "{}", applied.job_id);
+    assert_eq!(applied.deleted.len(), 29);
+    assert_eq!(applied.kept.len(), 1);
+    assert_eq!(applied.kept[0].rule, "keep_last");
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+    env.assert_restorable(source).await;
+}

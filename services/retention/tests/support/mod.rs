@@ -46,6 +46,11 @@ pub struct Env {
 impl Env {
     /// A NATS server, a store of `kind`, and a source `orders` with `policy`.
     pub async fn start(kind: StoreKind, policy: &str) -> Env {
+        Self::start_with(kind, policy, "0s").await
+    }
+
+    /// `start`, with the worker's periodic sweep every `sweep_interval`.
+    pub async fn start_with(kind: StoreKind, policy: &str, sweep_interval: &str) -> Env {
         let nats = NatsServer::start().await;
         let dir = tempfile::tempdir().unwrap();
         let storage = match kind {
@@ -74,7 +79,7 @@ lease_ttl = "3s"
 
 [retention]
 gc_grace = "{grace}s"
-sweep_interval = "0s"
+sweep_interval = "{sweep_interval}"
 
 [[sources]]
 name = "orders"
@@ -97,6 +102,11 @@ retention = {policy}
             store,
             _dir: dir,
         }
+    }
+
+    /// The runtime the worker would run with.
+    pub fn runtime(&self) -> Runtime {
+        self.rt.clone()
     }
 
     pub fn source(&self, name: &str) -> SourceConfig {
