@@ -93,3 +93,13 @@ impl Runtime {
         })
     }
 }
+
+/// This machine's host name (a pod's name in Kubernetes), for leases and spool
+/// locations; `localhost` when it cannot be read.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

@@ -88,13 +88,11 @@ impl Dumper {
 
 /// The name of this node in spool locations: configured, or the host name.
 pub fn spool_node(rt: &Runtime) -> String {
-    rt.config.spool.node.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/etc/hostname")
-            .map(|s| s.trim().to_string())
-            .ok()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "localhost".into())
-    })
+    rt.config
+        .spool
+        .node
+        .clone()
+        .unwrap_or_else(ferry_runtime::host_name)
 }
 
 /// Runs the dumper until `shutdown`.

@@ -103,11 +103,7 @@ impl Retention {
             .get_key_value(subjects::LOCKS_BUCKET)
             .await
             .map_err(|e| anyhow::anyhow!("opening the {} bucket: {e}", subjects::LOCKS_BUCKET))?;
-        let node = std::fs::read_to_string("/etc/hostname")
-            .map(|s| s.trim().to_string())
-            .ok()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "localhost".into());
+        let node = ferry_runtime::host_name();
         Ok(Retention {
             rt,
             store,
