@@ -3,7 +3,11 @@
 //!
 //! `ferry-bench scheduler [--sources 10000]` needs `scripts/test-services up` (for
 //! a nats-server 2.10+) and starts its own NATS.
+//!
+//! `ferry-bench retention [--backups 10000]` needs only a disk (about 5 GB for the
+//! million small objects of the default size).
 
+mod retention;
 mod scheduler;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +27,15 @@ enum Bench {
         #[arg(long, default_value_t = 10_000)]
         sources: usize,
     },
+    /// Retention of one source with 10,000 backups and 1,000,000 objects (fs store).
+    Retention {
+        /// Backups of the source (each references 100 objects).
+        #[arg(long, default_value_t = 10_000)]
+        backups: usize,
+        /// Where to generate the store (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -34,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
     })?;
     match Cli::parse().bench {
         Bench::Scheduler { sources } => scheduler::run(sources).await,
+        Bench::Retention { backups, dir } => retention::run(backups, dir).await,
     }
 }
 

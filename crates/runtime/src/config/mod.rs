@@ -6,6 +6,7 @@
 //! variable or file its secret comes from, and the secret is read only where used.
 
 mod notify;
+mod retention;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use notify::{NotifierConfig, NotifyConfig, NotifyKind, NotifyOn, Severity};
+pub use retention::{RetentionPolicy, RetentionWorkerConfig};
 pub use validate::{ConfigError, ConfigProblem};
 
 /// The whole configuration of a Ferry process (every worker reads the same file).
@@ -284,36 +286,6 @@ fn default_timeout() -> Duration {
     Duration::from_secs(2 * 3600)
 }
 
-/// A retention policy. Unset rules keep nothing by themselves; with no rule at all
-/// every backup is kept.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RetentionPolicy {
-    /// Keep the newest N backups.
-    pub keep_last: Option<u32>,
-    /// Keep the newest backup of each of the last N days.
-    pub keep_daily: Option<u32>,
-    /// Keep the newest backup of each of the last N ISO weeks.
-    pub keep_weekly: Option<u32>,
-    /// Keep the newest backup of each of the last N months.
-    pub keep_monthly: Option<u32>,
-    /// Keep the newest backup of each of the last N years.
-    pub keep_yearly: Option<u32>,
-    /// Never keep fewer than this many backups, whatever the rules say (default 1).
-    pub min_keep: Option<u32>,
-}
-
-impl RetentionPolicy {
-    /// Whether any rule would ever expire a backup.
-    pub fn is_empty(&self) -> bool {
-        self.keep_last.is_none()
-            && self.keep_daily.is_none()
-            && self.keep_weekly.is_none()
-            && self.keep_monthly.is_none()
-            && self.keep_yearly.is_none()
-    }
-}
-
 /// Whether `name` is a valid name token: 1-64 characters of `[a-z0-9_-]`.
 pub(crate) fn valid_token(name: &str) -> bool {
     !name.is_empty()
@@ -441,24 +413,6 @@ pub struct UploaderConfig {
 impl Default for UploaderConfig {
     fn default() -> Self {
         UploaderConfig { concurrency: 4 }
-    }
-}
-
-/// `[retention]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetentionWorkerConfig {
-    /// Objects younger than this are never collected, so an upload in flight (whose
-    /// manifest is not written yet) keeps its objects.
-    #[serde(with = "humantime_serde")]
-    pub gc_grace: Duration,
-}
-
-impl Default for RetentionWorkerConfig {
-    fn default() -> Self {
-        RetentionWorkerConfig {
-            gc_grace: Duration::from_secs(3600),
-        }
     }
 }
 
