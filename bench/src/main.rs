@@ -6,8 +6,12 @@
 //!
 //! `ferry-bench mongo-dump [--gb 0.25 --gb 1]` needs the MongoDB test server and the
 //! test venv's Python (pymongo) for the baseline.
+//!
+//! `ferry-bench retention [--backups 10000]` needs only a disk (about 5 GB for the
+//! million small objects of the default size).
 
 mod mongo;
+mod retention;
 mod scheduler;
 
 use clap::{Parser, Subcommand};
@@ -58,6 +62,15 @@ enum Bench {
         #[arg(long)]
         parallel: usize,
     },
+    /// Retention of one source with 10,000 backups and 1,000,000 objects (fs store).
+    Retention {
+        /// Backups of the source (each references 100 objects).
+        #[arg(long, default_value_t = 10_000)]
+        backups: usize,
+        /// Where to generate the store (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -81,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
             out,
             parallel,
         } => mongo::child(url, db, out, parallel).await,
+        Bench::Retention { backups, dir } => retention::run(backups, dir).await,
     }
 }
 

@@ -3,6 +3,8 @@
 //! function behind `ferry up`.
 
 pub mod mongo;
+pub mod otlp;
+pub mod processes;
 
 use std::path::PathBuf;
 use std::time::Duration;

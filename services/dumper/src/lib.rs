@@ -5,7 +5,6 @@
 //! directory, so a redelivered job re-announces the same dump instead of dumping
 //! again; an unfinished one is discarded and redone.
 
-mod lease;
 pub mod mongo;
 pub mod output;
 mod postgres;
@@ -19,6 +18,7 @@ use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{DumpCompleted, DumpFile, Engine, JobRequested, SpoolLocation, Stage};
 use ferry_proto::{Message, reason};
 use ferry_runtime::config::{EngineKind, OverlapPolicy, SourceConfig};
+use ferry_runtime::lease;
 use ferry_runtime::secrets::{SecretSource, read_secret};
 use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
 use ferry_storage::spool::{DirSpool, hash_file, list_files};
@@ -90,13 +90,11 @@ impl Dumper {
 
 /// The name of this node in spool locations: configured, or the host name.
 pub fn spool_node(rt: &Runtime) -> String {
-    rt.config.spool.node.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/etc/hostname")
-            .map(|s| s.trim().to_string())
-            .ok()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "localhost".into())
-    })
+    rt.config
+        .spool
+        .node
+        .clone()
+        .unwrap_or_else(ferry_runtime::host_name)
 }
 
 /// Runs the dumper until `shutdown`.
@@ -336,6 +334,10 @@ impl Dumper {
             deadline: job.deadline,
             mongodb,
         };
+        ferry_runtime::metrics::count_bytes(
+            ferry_runtime::metrics::ByteKind::Dumped,
+            done.files.iter().map(|f| f.size).sum(),
+        );
         tokio::fs::write(marker, done.encode_to_vec())
             .await
             .map_err(spool_err)?;

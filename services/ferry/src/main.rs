@@ -53,6 +53,23 @@ enum Command {
         #[command(subcommand)]
         command: SourcesCommand,
     },
+    /// Retention: preview (`plan`) or apply a source's policy now.
+    Retention {
+        #[command(subcommand)]
+        command: ferry::retention::RetentionCommand,
+    },
+    /// Mark a backup so that no retention policy deletes it (or `--remove` the mark).
+    Keep {
+        /// The source.
+        #[arg(long)]
+        source: String,
+        /// A backup id, or `latest`.
+        #[arg(long)]
+        backup: String,
+        /// Remove the mark instead: the policy applies to the backup again.
+        #[arg(long)]
+        remove: bool,
+    },
     /// Fetch a backup into a directory in the standard tools' layout.
     Restore {
         /// The source.
@@ -213,6 +230,12 @@ async fn main() -> ExitCode {
         Command::List { source, json } => list(&config, source.as_deref(), json).await,
         Command::Status { json } => status(config, json).await,
         Command::Sources { command } => sources(config, command).await,
+        Command::Retention { command } => ferry::retention::run(config, command).await,
+        Command::Keep {
+            source,
+            backup,
+            remove,
+        } => ferry::retention::keep(config, &source, &backup, remove).await,
         Command::Restore {
             source,
             backup,

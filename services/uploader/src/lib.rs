@@ -211,6 +211,9 @@ impl Uploader {
         } else {
             self.read_manifest(&key).await?
         };
+        if created {
+            ferry_runtime::metrics::count_upload(manifest.bytes_uploaded, manifest.bytes_reused);
+        }
         self.clean_spool(&dump.job_id).await;
         tracing::info!(
             manifest = %key,
