@@ -12,6 +12,7 @@ mod fs;
 mod fs_multipart;
 pub mod layout;
 pub mod manifest;
+pub mod manifest_mongo;
 pub mod retry;
 mod s3;
 mod s3_error;
@@ -27,6 +28,7 @@ use tokio::io::AsyncRead;
 
 pub use fs::FsStore;
 pub use manifest::{Manifest, ManifestFile};
+pub use manifest_mongo::MongoManifest;
 pub use s3::{RequestChecksum, S3Credentials, S3Options, S3Store};
 
 /// A streaming body for `put`.

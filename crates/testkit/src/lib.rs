@@ -7,6 +7,7 @@
 //! prints, with the same defaults, so `cargo nextest run` works after `up` alone.
 
 pub mod http;
+pub mod mongo;
 pub mod nats;
 pub mod postgres;
 pub mod s3;
@@ -16,6 +17,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use http::{HttpReceiver, ReceivedRequest, Reply};
+pub use mongo::{MongoServer, MongoStart};
 pub use nats::NatsServer;
 pub use postgres::{PgCluster, TestDatabase};
 pub use s3::{FaultProxy, S3Server};

@@ -5,7 +5,8 @@
 //! directory, so a redelivered job re-announces the same dump instead of dumping
 //! again; an unfinished one is discarded and redone.
 
-mod lease;
+pub mod mongo;
+pub mod output;
 mod postgres;
 
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{DumpCompleted, DumpFile, Engine, JobRequested, SpoolLocation, Stage};
 use ferry_proto::{Message, reason};
 use ferry_runtime::config::{EngineKind, OverlapPolicy, SourceConfig};
+use ferry_runtime::lease;
 use ferry_runtime::secrets::{SecretSource, read_secret};
 use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
 use ferry_storage::spool::{DirSpool, hash_file, list_files};
@@ -88,13 +90,11 @@ impl Dumper {
 
 /// The name of this node in spool locations: configured, or the host name.
 pub fn spool_node(rt: &Runtime) -> String {
-    rt.config.spool.node.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/etc/hostname")
-            .map(|s| s.trim().to_string())
-            .ok()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "localhost".into())
-    })
+    rt.config
+        .spool
+        .node
+        .clone()
+        .unwrap_or_else(ferry_runtime::host_name)
 }
 
 /// Runs the dumper until `shutdown`.
@@ -278,7 +278,13 @@ impl Dumper {
             }
         }
         .await;
-        let (server_version, tool_version, databases) = match dump {
+        let EngineDump {
+            server_version,
+            tool_version,
+            databases,
+            files: listed,
+            mongodb,
+        } = match dump {
             Ok(v) => v,
             Err(e) => {
                 let _ = tokio::fs::remove_dir_all(&job_dir).await;
@@ -286,8 +292,12 @@ impl Dumper {
             }
         };
 
-        let mut files = Vec::new();
-        let names = list_files(&job_dir).map_err(spool_err)?;
+        let mut files = listed.unwrap_or_default();
+        let names = if files.is_empty() {
+            list_files(&job_dir).map_err(spool_err)?
+        } else {
+            Vec::new()
+        };
         for name in names {
             let (size, sha256) = hash_file(&job_dir.join(&name)).await.map_err(spool_err)?;
             let compression = if name.ends_with(".gz") {
@@ -307,7 +317,10 @@ impl Dumper {
             source: job.source.clone(),
             occurred_at: Some(ferry_proto::now()),
             backup_id: job.backup_id.clone(),
-            engine: Engine::Postgres as i32,
+            engine: match source.engine {
+                EngineKind::Postgres => Engine::Postgres,
+                EngineKind::Mongodb => Engine::Mongodb,
+            } as i32,
             server_version,
             tool_version,
             files,
@@ -319,7 +332,12 @@ impl Dumper {
             duration_ms: clock.elapsed().as_millis() as u64,
             databases,
             deadline: job.deadline,
+            mongodb,
         };
+        ferry_runtime::metrics::count_bytes(
+            ferry_runtime::metrics::ByteKind::Dumped,
+            done.files.iter().map(|f| f.size).sum(),
+        );
         tokio::fs::write(marker, done.encode_to_vec())
             .await
             .map_err(spool_err)?;
@@ -349,23 +367,65 @@ impl Dumper {
         source: &SourceConfig,
         job: &JobRequested,
         job_dir: &std::path::Path,
-    ) -> Result<(String, String, Vec<String>), HandlerError> {
+    ) -> Result<EngineDump, HandlerError> {
         let password = password_of(source)?;
         match source.engine {
             EngineKind::Postgres => {
-                self.pg
+                let (server_version, tool_version, databases) = self
+                    .pg
                     .dump(source, password.as_ref(), &job.databases, job_dir)
-                    .await
+                    .await?;
+                Ok(EngineDump {
+                    server_version,
+                    tool_version,
+                    databases,
+                    files: None,
+                    mongodb: None,
+                })
             }
-            EngineKind::Mongodb => Err(HandlerError::permanent(
-                reason::UNSUPPORTED_ENGINE,
-                format!(
-                    "source {}: MongoDB dumps are not available in this version of the dumper",
-                    source.name
-                ),
-            )),
+            EngineKind::Mongodb => {
+                let config = &self.rt.config.dumper;
+                let announcer = output::Announcer::new(
+                    self.rt.publisher.clone(),
+                    job,
+                    SpoolLocation {
+                        node: self.node.clone(),
+                        path: job_dir.display().to_string(),
+                    },
+                );
+                let out = output::JobOutput::new(
+                    job_dir.to_path_buf(),
+                    output::Compression::Zstd {
+                        level: config.mongo_zstd_level,
+                    },
+                    Some(announcer),
+                );
+                let options = mongo::MongoOptions {
+                    parallel_collections: config.mongo_parallel_collections,
+                    ..Default::default()
+                };
+                let dump =
+                    mongo::dump(source, password.as_ref(), &job.databases, &out, &options).await?;
+                Ok(EngineDump {
+                    server_version: dump.server_version,
+                    tool_version: dump.tool_version,
+                    databases: dump.databases,
+                    files: Some(dump.files),
+                    mongodb: Some(dump.details),
+                })
+            }
         }
     }
+}
+
+/// What an engine's dump produced.
+struct EngineDump {
+    server_version: String,
+    tool_version: String,
+    databases: Vec<String>,
+    /// The files, when the engine listed them (else the job directory is listed).
+    files: Option<Vec<DumpFile>>,
+    mongodb: Option<ferry_proto::v1::MongoDetails>,
 }
 
 fn completed_event(done: &DumpCompleted) -> Outgoing {

@@ -7,6 +7,7 @@
 //! `DumpFileReady` covered, and commits. Idempotent on `job_id`: when the manifest
 //! already exists, the job is done and the event is re-announced from it.
 
+mod details;
 mod jobs;
 pub mod transfer;
 
@@ -298,6 +299,7 @@ impl Uploader {
             bytes_uploaded: bytes_total - bytes_reused,
             bytes_reused,
             trace_id: ferry_telemetry::current_trace_id(),
+            mongodb: dump.mongodb.as_ref().map(details::mongo_manifest),
         };
         // The commit point: written last, and only if no earlier attempt wrote it.
         let body: bytes::Bytes = manifest.to_json().into();
@@ -313,6 +315,9 @@ impl Uploader {
         } else {
             self.read_manifest(&key).await?
         };
+        if created {
+            ferry_runtime::metrics::count_upload(manifest.bytes_uploaded, manifest.bytes_reused);
+        }
         self.clean_spool(&dump.job_id).await;
         tracing::info!(
             manifest = %key,

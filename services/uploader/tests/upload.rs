@@ -129,6 +129,7 @@ impl Env {
                 duration_ms: 1,
                 databases: vec!["db".into()],
                 deadline: None,
+                ..Default::default()
             },
         }
     }

@@ -1,0 +1,150 @@
+//! Fetching a backup out of the store. `ferry restore --to-dir` leaves the standard
+//! tool's layout (a pg_dump directory archive per database; mongodump's layout for
+//! MongoDB), every file checked against its SHA-256 on the way; `ferry restore --to`
+//! loads a MongoDB backup into a server ([`mongo`]).
+
+pub mod mongo;
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use ferry_storage::layout::manifest_key;
+use ferry_storage::{Manifest, ManifestFile, ObjectStore, get_bytes};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Resolves `latest` or an id to a manifest.
+pub async fn find_backup(
+    store: &dyn ObjectStore,
+    source: &str,
+    backup: &str,
+) -> anyhow::Result<Manifest> {
+    if backup == "latest" {
+        return crate::list::backups(store, Some(source))
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                anyhow::anyhow!("source {source} has no backups in {}", store.describe())
+            });
+    }
+    let key = manifest_key(source, backup);
+    let bytes = get_bytes(store, &key).await.map_err(|e| {
+        anyhow::anyhow!("backup {backup} of {source} not found ({e}); `ferry list --source {source}` shows the backups")
+    })?;
+    Manifest::from_json(&bytes).map_err(|e| anyhow::anyhow!("{key}: {e}"))
+}
+
+/// The path of a manifest file under `dir`, refusing names that would escape it.
+pub fn local_path(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let relative = Path::new(name);
+    if name.is_empty()
+        || relative
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        anyhow::bail!("manifest names a file outside the backup: {name:?}");
+    }
+    Ok(dir.join(relative))
+}
+
+/// Downloads one file of a backup to `dest` as stored (still compressed), checking
+/// its size and SHA-256; a mismatch is an error naming the file and object.
+pub async fn fetch_verified(
+    store: &dyn ObjectStore,
+    file: &ManifestFile,
+    dest: &Path,
+) -> anyhow::Result<u64> {
+    if let Some(parent) = dest.parent() {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    let mut body = store.get(&file.object).await?;
+    let mut out = tokio::fs::File::create(dest).await?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = body.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).await?;
+        size += n as u64;
+    }
+    out.flush().await?;
+    let sha = hex::encode(hasher.finalize());
+    if sha != file.sha256 || size != file.size {
+        let _ = tokio::fs::remove_file(dest).await;
+        anyhow::bail!(
+            "{} (object {}) is corrupt: expected {} bytes with SHA-256 {}, got {size} bytes with {sha}",
+            file.name,
+            file.object,
+            file.size,
+            file.sha256
+        );
+    }
+    Ok(size)
+}
+
+/// A reader of a fetched file's original bytes, by its `compression`.
+pub fn decompressed(path: &Path, compression: &str) -> anyhow::Result<Box<dyn Read + Send>> {
+    let file = std::io::BufReader::with_capacity(256 * 1024, std::fs::File::open(path)?);
+    Ok(match compression {
+        "zstd" => Box::new(zstd::stream::read::Decoder::with_buffer(file)?),
+        "gzip" => Box::new(flate2::read::GzDecoder::new(file)),
+        "none" | "" => Box::new(file),
+        other => anyhow::bail!(
+            "{} uses compression {other:?}, which this Ferry cannot read: upgrade Ferry",
+            path.display()
+        ),
+    })
+}
+
+/// The name a file has once decompressed: Ferry's `.zst` suffix removed. gzip files
+/// keep theirs: those are pg_dump's own `.dat.gz`, which pg_restore reads as is.
+pub fn restored_name(file: &ManifestFile) -> &str {
+    match file.compression.as_str() {
+        "zstd" => file.name.strip_suffix(".zst").unwrap_or(&file.name),
+        _ => &file.name,
+    }
+}
+
+/// Writes every file of `manifest` under `dir` in the standard tool's layout,
+/// verifying sizes and SHA-256 sums; zstd files are decompressed. A mismatch stops
+/// with an error naming the file and object: nothing is trusted that was not checked.
+pub async fn fetch_to_dir(
+    store: &dyn ObjectStore,
+    manifest: &Manifest,
+    dir: &Path,
+) -> anyhow::Result<u64> {
+    let dropped: Vec<String> = manifest
+        .mongodb
+        .as_ref()
+        .map(|m| m.dropped.clone())
+        .unwrap_or_default();
+    let mut total = 0;
+    for file in &manifest.files {
+        if mongo::belongs_to_dropped(&file.name, &dropped) {
+            continue;
+        }
+        let path = local_path(dir, restored_name(file))?;
+        if file.compression != "zstd" {
+            total += fetch_verified(store, file, &path).await?;
+            continue;
+        }
+        let staged = path.with_extension("ferry-part");
+        total += fetch_verified(store, file, &staged).await?;
+        let (from, to) = (staged.clone(), path.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let mut input = decompressed(&from, "zstd")?;
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&to)?);
+            std::io::copy(&mut input, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            std::fs::remove_file(&from)?;
+            Ok(())
+        })
+        .await??;
+    }
+    Ok(total)
+}
