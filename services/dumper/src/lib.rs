@@ -6,6 +6,7 @@
 //! again; an unfinished one is discarded and redone.
 
 mod lease;
+pub mod output;
 mod postgres;
 
 use std::path::PathBuf;
