@@ -10,6 +10,7 @@
 mod fs;
 pub mod layout;
 pub mod manifest;
+pub mod postgres_manifest;
 pub mod spool;
 
 use std::fmt;

@@ -15,12 +15,15 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use ferry_proto::subjects::{self, EventKind};
-use ferry_proto::v1::{DumpCompleted, DumpFile, Engine, JobRequested, SpoolLocation, Stage};
+use ferry_proto::v1::{DumpCompleted, Engine, JobRequested, PostgresDetails, SpoolLocation, Stage};
 use ferry_proto::{Message, reason};
-use ferry_runtime::config::{EngineKind, OverlapPolicy, SourceConfig};
+use ferry_runtime::config::{
+    CompressionKind, DumperConfig, EngineKind, OverlapPolicy, SourceConfig,
+};
 use ferry_runtime::secrets::{SecretSource, read_secret};
 use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
-use ferry_storage::spool::{DirSpool, hash_file, list_files};
+use ferry_storage::spool::DirSpool;
+use output::{Announcer, Compression, JobOutput};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
@@ -58,7 +61,10 @@ impl Dumper {
             )
         })?;
         let node = spool_node(&rt);
-        let pg = PgTools::new(rt.config.dumper.pg_bin_dir.clone());
+        let pg = PgTools::new(
+            rt.config.dumper.pg_bin_dir.clone(),
+            rt.config.dumper.pg_jobs,
+        );
         let done = rt
             .jetstream
             .get_key_value(subjects::JOBS_DONE_BUCKET)
@@ -255,10 +261,7 @@ impl Dumper {
         }
         let job = job.clone();
         let spool_err = |e: std::io::Error| {
-            HandlerError::retryable(
-                reason::SPOOL_ERROR,
-                format!("spool {}: {e}", self.spool.root().display()),
-            )
+            postgres::spool_io(&format!("spool {}", self.spool.root().display()), &e)
         };
         let job_dir = self.spool.job_dir(&job.job_id).map_err(spool_err)?;
         // A directory without a marker is what a crashed attempt left: start over.
@@ -269,9 +272,22 @@ impl Dumper {
 
         let started_at = chrono::Utc::now();
         let clock = Instant::now();
+        let spool = SpoolLocation {
+            node: self.node.clone(),
+            path: job_dir.display().to_string(),
+        };
+        let out = JobOutput::new(
+            job_dir.clone(),
+            compression_of(&self.rt.config.dumper),
+            Some(Announcer::new(
+                self.rt.publisher.clone(),
+                &job,
+                spool.clone(),
+            )),
+        );
         let dump = async {
             tokio::select! {
-                result = tokio::time::timeout(remaining, self.dump(source, &job, &job_dir)) => {
+                result = tokio::time::timeout(remaining, self.dump(source, &job, &out)) => {
                     result.unwrap_or_else(|_| Err(timeout_error(source)))
                 }
                 _ = ctx.cancel.cancelled() => Err(HandlerError::retryable(reason::DUMP_FAILED, "the dumper is shutting down; the job will be redelivered")),
@@ -279,30 +295,18 @@ impl Dumper {
             }
         }
         .await;
-        let (server_version, tool_version, databases) = match dump {
+        // Whatever happened, the uncompressed staging area is gone now.
+        let _ = tokio::fs::remove_dir_all(job_dir.join(postgres::STAGING_DIR)).await;
+        let (server_version, tool_version, databases, postgres) = match dump {
             Ok(v) => v,
             Err(e) => {
+                // No half-written dump stays behind: the spool is cleaned.
                 let _ = tokio::fs::remove_dir_all(&job_dir).await;
                 return Err(e);
             }
         };
+        let files = out.files();
 
-        let mut files = Vec::new();
-        let names = list_files(&job_dir).map_err(spool_err)?;
-        for name in names {
-            let (size, sha256) = hash_file(&job_dir.join(&name)).await.map_err(spool_err)?;
-            let compression = if name.ends_with(".gz") {
-                "gzip"
-            } else {
-                "none"
-            };
-            files.push(DumpFile {
-                name,
-                size,
-                sha256,
-                compression: compression.into(),
-            });
-        }
         let done = DumpCompleted {
             job_id: job.job_id.clone(),
             source: job.source.clone(),
@@ -312,14 +316,12 @@ impl Dumper {
             server_version,
             tool_version,
             files,
-            spool: Some(SpoolLocation {
-                node: self.node.clone(),
-                path: job_dir.display().to_string(),
-            }),
+            spool: Some(spool),
             started_at: Some(ferry_proto::to_timestamp(started_at)),
             duration_ms: clock.elapsed().as_millis() as u64,
             databases,
             deadline: job.deadline,
+            postgres,
         };
         tokio::fs::write(marker, done.encode_to_vec())
             .await
@@ -349,14 +351,22 @@ impl Dumper {
         &self,
         source: &SourceConfig,
         job: &JobRequested,
-        job_dir: &std::path::Path,
-    ) -> Result<(String, String, Vec<String>), HandlerError> {
+        out: &JobOutput,
+    ) -> Result<DumpOutcome, HandlerError> {
         let password = password_of(source)?;
         match source.engine {
             EngineKind::Postgres => {
-                self.pg
-                    .dump(source, password.as_ref(), &job.databases, job_dir)
-                    .await
+                let staging = out.job_dir().join(postgres::STAGING_DIR);
+                let dump = self
+                    .pg
+                    .dump(source, password.as_ref(), &job.databases, out, &staging)
+                    .await?;
+                Ok((
+                    dump.details.server_version.clone(),
+                    dump.details.pg_dump_version.clone(),
+                    dump.databases,
+                    Some(dump.details),
+                ))
             }
             EngineKind::Mongodb => Err(HandlerError::permanent(
                 reason::UNSUPPORTED_ENGINE,
@@ -366,6 +376,22 @@ impl Dumper {
                 ),
             )),
         }
+    }
+}
+
+/// Server version, tool version, databases, PostgreSQL details.
+type DumpOutcome = (String, String, Vec<String>, Option<PostgresDetails>);
+
+/// The configured compression of dump files.
+fn compression_of(config: &DumperConfig) -> Compression {
+    match config.compression {
+        CompressionKind::Zstd => Compression::Zstd {
+            level: config.compression_level.unwrap_or(3),
+        },
+        CompressionKind::Gzip => Compression::Gzip {
+            level: config.compression_level.unwrap_or(6).clamp(0, 9) as u32,
+        },
+        CompressionKind::None => Compression::None,
     }
 }
 
