@@ -81,7 +81,7 @@ retention = {{ keep_last = 3 }}
         manifest
             .files
             .iter()
-            .any(|f| f.name == format!("{}/toc.dat", env.db.name))
+            .any(|f| f.name == format!("{}/toc.dat.zst", env.db.name))
     );
 
     // Retention ran for this job and kept the backup.

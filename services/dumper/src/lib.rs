@@ -7,7 +7,7 @@
 
 mod lease;
 pub mod output;
-mod postgres;
+pub mod postgres;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -53,7 +53,8 @@ enum Command {
         #[command(subcommand)]
         command: SourcesCommand,
     },
-    /// Fetch a backup into a directory in the standard tools' layout.
+    /// Restore a backup into a PostgreSQL database (--to), or fetch it into a
+    /// directory in the standard tools' layout (--to-dir).
     Restore {
         /// The source.
         #[arg(long)]
@@ -63,8 +64,28 @@ enum Command {
         backup: String,
         /// Where to write it: one pg_dump directory archive per database, for
         /// `pg_restore`.
+        #[arg(long, conflicts_with = "to", required_unless_present = "to")]
+        to_dir: Option<PathBuf>,
+        /// The PostgreSQL database to restore into, e.g.
+        /// postgres://user@host/orders_copy (password: PGPASSWORD or ~/.pgpass).
         #[arg(long)]
-        to_dir: PathBuf,
+        to: Option<String>,
+        /// Which database of the backup, when it holds several.
+        #[arg(long, requires = "to")]
+        database: Option<String>,
+        /// Create the target database first.
+        #[arg(long, requires = "to")]
+        create: bool,
+        /// Restore only this table, schema.name.
+        #[arg(long, requires = "to")]
+        table: Option<String>,
+        /// Tables pg_restore loads in parallel (default: this machine's cores).
+        #[arg(short = 'j', long, requires = "to")]
+        jobs: Option<usize>,
+        /// Where the verified, decompressed archive is staged (default: the
+        /// system's temp directory).
+        #[arg(long, requires = "to")]
+        work_dir: Option<PathBuf>,
     },
 }
 
@@ -198,7 +219,28 @@ async fn main() -> ExitCode {
             source,
             backup,
             to_dir,
-        } => restore_to_dir(&config, &source, &backup, &to_dir).await,
+            to,
+            database,
+            create,
+            table,
+            jobs,
+            work_dir,
+        } => match (to_dir, to) {
+            (Some(dir), _) => restore_to_dir(&config, &source, &backup, &dir).await,
+            (None, Some(to)) => {
+                let opts = ferry::restore::postgres::PgRestore {
+                    to,
+                    database,
+                    create,
+                    table,
+                    jobs,
+                    work_dir,
+                    pg_bin_dir: config.dumper.pg_bin_dir.clone(),
+                };
+                restore_to_postgres(&config, &source, &backup, &opts).await
+            }
+            (None, None) => Err(anyhow::anyhow!("give --to postgres://… or --to-dir DIR")),
+        },
     };
     result.unwrap_or_else(|e| {
         eprintln!("ferry: {e:#}");
@@ -294,6 +336,34 @@ async fn restore_to_dir(
         eprintln!("  pg_restore --dbname <target> {}", dir.join(db).display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn restore_to_postgres(
+    config: &ferry_runtime::Config,
+    source: &str,
+    backup: &str,
+    opts: &ferry::restore::postgres::PgRestore,
+) -> anyhow::Result<ExitCode> {
+    let store = ferry_runtime::store::open(&config.storage)?;
+    let manifest = ferry::restore::find_backup(store.as_ref(), source, backup).await?;
+    ferry::restore::postgres::restore(store.as_ref(), &manifest, opts).await?;
+    eprintln!(
+        "restored backup {} of {source} into {} (every SHA-256 checked)",
+        manifest.backup_id,
+        redact(&opts.to)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "(the target)".into(),
+    }
 }
 
 async fn status(config: ferry_runtime::Config, json: bool) -> anyhow::Result<ExitCode> {

@@ -3,7 +3,7 @@
 
 mod errors;
 mod run;
-mod tools;
+pub mod tools;
 
 use std::path::{Path, PathBuf};
 
