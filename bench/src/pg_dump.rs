@@ -141,7 +141,7 @@ async fn ensure_database(pg: &PgCluster, gb: f64) -> anyhow::Result<(String, u64
         let db = pg.connect(&name).await;
         for t in 0..tables {
             db.batch_execute(&format!(
-                "CREATE TABLE t{t} AS SELECT g AS id, md5(g::text) AS h, (g * 7919) % 100000 AS n, \
+                "CREATE TABLE t{t} AS SELECT g AS id, md5(g::text) AS h, (g::bigint * 7919) % 100000 AS n, \
                  timestamptz '2026-01-01' - g * interval '1 s' AS at, \
                  repeat(md5((g % 5000)::text), 2) AS pad \
                  FROM generate_series(1, {ROWS_PER_TABLE}) g; ALTER TABLE t{t} ADD PRIMARY KEY (id)"
