@@ -7,8 +7,16 @@
 //! `ferry-bench pg-dump [--big-gb 2] [--small-gb 0.5]` needs the test PostgreSQL
 //! (`FERRY_TEST_PG_URL`), builds its databases once and compares Ferry's dumper
 //! with `pg_dump | zstd` and `pg_dump -Fc`.
+//!
+//! `ferry-bench mongo-dump [--gb 0.25 --gb 1]` needs the MongoDB test server and the
+//! test venv's Python (pymongo) for the baseline.
+//!
+//! `ferry-bench retention [--backups 10000]` needs only a disk (about 5 GB for the
+//! million small objects of the default size).
 
+mod mongo;
 mod pg_dump;
+mod retention;
 mod scheduler;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +62,46 @@ enum Bench {
         #[arg(long)]
         level: i32,
     },
+    /// MongoDB dump: Ferry vs pymongo raw batches into `zstd -1`; restore rate.
+    MongoDump {
+        /// The server (default: the test server).
+        #[arg(
+            long,
+            env = "FERRY_TEST_MONGO_URL",
+            default_value = "mongodb://127.0.0.1:57017"
+        )]
+        url: String,
+        /// Dataset sizes in GB (each its own database, generated once and reused).
+        #[arg(long = "gb", default_values_t = [0.25, 1.0])]
+        sizes: Vec<f64>,
+        /// The Python with pymongo for the baseline.
+        #[arg(long, default_value = "python3")]
+        python: std::path::PathBuf,
+        /// Collections Ferry dumps at once (`dumper.mongo_parallel_collections`).
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
+    },
+    /// (internal) Ferry's side of mongo-dump, run as a child process.
+    #[command(hide = true)]
+    MongoDumpChild {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        db: String,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[arg(long)]
+        parallel: usize,
+    },
+    /// Retention of one source with 10,000 backups and 1,000,000 objects (fs store).
+    Retention {
+        /// Backups of the source (each references 100 objects).
+        #[arg(long, default_value_t = 10_000)]
+        backups: usize,
+        /// Where to generate the store (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -77,6 +125,19 @@ async fn main() -> anyhow::Result<()> {
             out,
             level,
         } => pg_dump::child(&url, &password_file, pg_bin_dir, out, level).await,
+        Bench::MongoDump {
+            url,
+            sizes,
+            python,
+            parallel,
+        } => mongo::run(url, sizes, python, parallel).await,
+        Bench::MongoDumpChild {
+            url,
+            db,
+            out,
+            parallel,
+        } => mongo::child(url, db, out, parallel).await,
+        Bench::Retention { backups, dir } => retention::run(backups, dir).await,
     }
 }
 

@@ -27,6 +27,9 @@ pub const DUMP_TOOL_MISSING: &str = "dump_tool_missing";
 pub const DUMP_FAILED: &str = "dump_failed";
 /// A backup of the source was already running; the job was skipped.
 pub const ALREADY_RUNNING: &str = "already_running";
+/// The server killed the dump's cursor (killCursors, a restart or a failover):
+/// the dump is retried.
+pub const CURSOR_KILLED: &str = "cursor_killed";
 /// The job ran past its deadline.
 pub const TIMEOUT: &str = "timeout";
 /// The spool could not be written or read.

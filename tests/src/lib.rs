@@ -2,6 +2,10 @@
 //! PostgreSQL test cluster, a real HTTP receiver, and Ferry's own `run_all`, the
 //! function behind `ferry up`.
 
+pub mod mongo;
+pub mod otlp;
+pub mod processes;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

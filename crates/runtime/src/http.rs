@@ -1,20 +1,77 @@
 //! `/healthz`, `/readyz` and `/metrics` of one process.
+//!
+//! `/healthz` says the process is alive (for a liveness probe: restart when it stops
+//! answering). `/readyz` says it can do its work now: NATS connected, Ferry's streams
+//! present, and the object store reachable for the workers that use it (for a
+//! readiness probe and for `docker compose` health checks).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use ferry_proto::subjects;
+use ferry_storage::ObjectStore;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
+/// What `/readyz` checks.
+#[derive(Clone)]
+pub struct Readiness {
+    /// The process's NATS connection.
+    pub nats: async_nats::Client,
+    /// JetStream on it, to look the streams up.
+    pub jetstream: async_nats::jetstream::Context,
+    /// The object store, for the workers that read or write it.
+    pub store: Option<Arc<dyn ObjectStore>>,
+}
+
+/// How long one readiness check may take: a probe must answer before the
+/// orchestrator's own timeout (Kubernetes' default is one second more than this).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A key no backup uses: looking it up proves the store answers and the
+/// credentials are accepted, without listing anything.
+const PROBE_KEY: &str = "ready-probe";
+
+impl Readiness {
+    /// Every problem that makes the process unready; empty when ready.
+    pub async fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        match self.nats.connection_state() {
+            async_nats::connection::State::Connected => {
+                for stream in [subjects::JOBS_STREAM, subjects::EVENTS_STREAM] {
+                    match tokio::time::timeout(CHECK_TIMEOUT, self.jetstream.get_stream(stream))
+                        .await
+                    {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => problems.push(format!("stream {stream}: {e}")),
+                        Err(_) => problems.push(format!("stream {stream}: no answer from NATS")),
+                    }
+                }
+            }
+            other => problems.push(format!("NATS is {other}")),
+        }
+        if let Some(store) = &self.store {
+            match tokio::time::timeout(CHECK_TIMEOUT, store.head(PROBE_KEY)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => problems.push(format!("store {}: {e}", store.describe())),
+                Err(_) => problems.push(format!("store {}: no answer", store.describe())),
+            }
+        }
+        problems
+    }
+}
+
 #[derive(Clone)]
 struct HttpState {
     metrics: Metrics,
-    nats: async_nats::Client,
+    readiness: Readiness,
 }
 
 /// Serves the endpoints on `listen` until `shutdown`; returns the bound address
@@ -22,7 +79,7 @@ struct HttpState {
 pub async fn serve(
     listen: SocketAddr,
     metrics: Metrics,
-    nats: async_nats::Client,
+    readiness: Readiness,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
@@ -36,7 +93,7 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(HttpState { metrics, nats });
+        .with_state(HttpState { metrics, readiness });
     tokio::spawn(async move {
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -50,12 +107,14 @@ pub async fn serve(
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
-    match state.nats.connection_state() {
-        async_nats::connection::State::Connected => (StatusCode::OK, "ready\n".to_string()),
-        other => (
+    let problems = state.readiness.problems().await;
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n".to_string())
+    } else {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: NATS is {other}\n"),
-        ),
+            format!("not ready: {}\n", problems.join("; ")),
+        )
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod http;
 pub mod human;
+pub mod lease;
 pub mod metrics;
 pub mod nats;
 pub mod process;
@@ -91,4 +92,14 @@ impl Runtime {
             metrics: Metrics::new(),
         })
     }
+}
+
+/// This machine's host name (a pod's name in Kubernetes), for leases and spool
+/// locations; `localhost` when it cannot be read.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::Runtime;
-use crate::config::{Config, LogFormatConfig};
+use crate::config::{Config, LogFormatConfig, OtlpProtocolConfig};
 
 /// Exit code for an invalid configuration (nothing was started).
 pub const EXIT_CONFIG: u8 = 2;
@@ -45,6 +45,10 @@ pub fn init_telemetry(
     ferry_telemetry::init(&ferry_telemetry::TelemetryOptions {
         service_name: service.to_string(),
         otlp_endpoint: config.telemetry.otlp_endpoint.clone(),
+        otlp_protocol: config.telemetry.otlp_protocol.map(|p| match p {
+            OtlpProtocolConfig::Grpc => ferry_telemetry::OtlpProtocol::Grpc,
+            OtlpProtocolConfig::Http => ferry_telemetry::OtlpProtocol::Http,
+        }),
         log_format: match config.telemetry.log_format {
             LogFormatConfig::Text => ferry_telemetry::LogFormat::Text,
             LogFormatConfig::Json => ferry_telemetry::LogFormat::Json,
@@ -65,9 +69,26 @@ pub async fn connect(
     let rt = Runtime::connect(config, service).await?;
     if !rt.config.http.listen.is_empty() {
         let addr = rt.config.http.listen.parse()?;
-        crate::http::serve(addr, rt.metrics.clone(), rt.nats.clone(), shutdown.clone()).await?;
+        let store = if uses_store(service) {
+            Some(crate::store::open(&rt.config.storage)?)
+        } else {
+            None
+        };
+        let readiness = crate::http::Readiness {
+            nats: rt.nats.clone(),
+            jetstream: rt.jetstream.clone(),
+            store,
+        };
+        crate::http::serve(addr, rt.metrics.clone(), readiness, shutdown.clone()).await?;
     }
     Ok(rt)
+}
+
+/// Whether the process named `service` reads or writes the object store, so its
+/// readiness depends on reaching it. The scheduler, dumper and notifier never touch
+/// the store: an unreachable bucket must not take them out of service.
+pub fn uses_store(service: &str) -> bool {
+    matches!(service, "ferry" | "ferry-uploader" | "ferry-retention")
 }
 
 /// The whole `main` of a worker binary: `run` is the worker's `run(rt, shutdown)`.

@@ -5,6 +5,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bytes::Bytes;
 use ferry_proto::subjects::EventKind;
+use tracing::Instrument;
 
 /// A message a handler wants published once its work is done.
 #[derive(Debug, Clone)]
@@ -56,8 +57,24 @@ impl Publisher {
         Publisher { js }
     }
 
-    /// Publishes and waits until the stream has stored the message.
+    /// Publishes and waits until the stream has stored the message, in a producer
+    /// span whose context travels with it: the consumer's span becomes its child.
     pub async fn publish(&self, out: &Outgoing) -> Result<(), PublishError> {
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = format!("publish {}", kind_of(&out.subject)),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.operation.name = "publish",
+            messaging.destination.name = %out.subject,
+            messaging.message.id = %out.msg_id,
+            messaging.message.body.size = out.payload.len(),
+        );
+        self.publish_in_span(out).instrument(span).await
+    }
+
+    async fn publish_in_span(&self, out: &Outgoing) -> Result<(), PublishError> {
         let mut headers = HeaderMap::new();
         ferry_telemetry::inject(&mut headers);
         headers.insert("Nats-Msg-Id", out.msg_id.as_str());
@@ -85,5 +102,33 @@ impl Publisher {
     /// The JetStream context.
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
+    }
+}
+
+/// A span name without the source: `ferry.v1.events.dumped.orders` names the
+/// kind `ferry.v1.events.dumped`, so span names stay few whatever the fleet.
+fn kind_of(subject: &str) -> &str {
+    match subject.strip_prefix("ferry.v1.events.") {
+        Some(rest) => {
+            let kind_len = rest.find('.').unwrap_or(rest.len());
+            &subject[.."ferry.v1.events.".len() + kind_len]
+        }
+        None => subject,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn span_names_leave_the_source_out() {
+        assert_eq!(
+            super::kind_of("ferry.v1.events.dumped.orders"),
+            "ferry.v1.events.dumped"
+        );
+        assert_eq!(super::kind_of("ferry.v1.jobs.dump"), "ferry.v1.jobs.dump");
+        assert_eq!(
+            super::kind_of("ferry.v1.events.failed"),
+            "ferry.v1.events.failed"
+        );
     }
 }

@@ -244,6 +244,11 @@ pub async fn run<H: Handler>(
             .await
     };
     let mut messages = pull(consumer.clone()).await.map_err(|e| consumer_err(&e))?;
+    let lag = tokio::spawn(watch_lag(
+        consumer.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
 
     let permits = Arc::new(Semaphore::new(options.concurrency));
     let mut in_flight = JoinSet::new();
@@ -308,8 +313,39 @@ pub async fn run<H: Handler>(
         in_flight.abort_all();
         while in_flight.join_next().await.is_some() {}
     }
+    lag.abort();
     tracing::info!(stage = H::STAGE.name(), "worker stopped");
     Ok(())
+}
+
+/// How often a consumer's lag is read from the server: often enough for alerts and
+/// graphs, rare enough to cost the server nothing next to the work itself.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Keeps `ferry_consumer_pending_messages` and `…_ack_pending_messages` current
+/// from the consumer's server-side info until shutdown.
+async fn watch_lag(
+    consumer: consumer::PullConsumer,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let name = consumer.cached_info().name.clone();
+    let mut tick = tokio::time::interval(LAG_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match tokio::time::timeout(LAG_INTERVAL, consumer.get_info()).await {
+            Ok(Ok(info)) => metrics.record_consumer(&name, info.num_pending, info.num_ack_pending),
+            // NATS is away: the last known lag stays, and /readyz says why.
+            Ok(Err(e)) => {
+                tracing::debug!(consumer = %name, error = %e, "cannot read consumer info")
+            }
+            Err(_) => tracing::debug!(consumer = %name, "consumer info timed out"),
+        }
+    }
 }
 
 /// Everything needed to process one delivery.
@@ -330,19 +366,38 @@ impl<H: Handler> Delivery<H> {
             .map(|i| i.delivered.max(1) as u32)
             .unwrap_or(1);
         let subject = message.subject.to_string();
+        let message_id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        let stream_sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
         let span = tracing::info_span!(
             "handle",
             otel.name = format!("{} process", stage.name()),
             otel.kind = "consumer",
             messaging.system = "nats",
             messaging.operation.type = "process",
+            messaging.operation.name = "process",
             messaging.destination.name = %subject,
+            messaging.message.id = %message_id,
+            messaging.consumer.group.name = %self.spec.durable,
+            messaging.nats.stream_sequence = stream_sequence,
             ferry.stage = stage.name(),
             ferry.job_id = tracing::field::Empty,
             ferry.source = tracing::field::Empty,
             ferry.attempt = attempt,
+            // Filled by `metrics::count_bytes` where the handler knows them.
+            ferry.bytes_dumped = tracing::field::Empty,
+            ferry.bytes_uploaded = tracing::field::Empty,
+            ferry.bytes_reused = tracing::field::Empty,
+            ferry.bytes_freed = tracing::field::Empty,
         );
         let _ = span.set_parent(ferry_telemetry::extract(message.headers.as_ref()));
+        if attempt > 1 {
+            self.metrics.record_redelivery(stage);
+        }
         self.process_in_span(message, subject, attempt, span.clone())
             .instrument(span)
             .await
@@ -417,7 +472,8 @@ impl<H: Handler> Delivery<H> {
             attempt,
             cancel: self.cancel.clone(),
         };
-        let result = self.handler.handle(input, ctx).await;
+        let result =
+            crate::metrics::scope(self.metrics.clone(), self.handler.handle(input, ctx)).await;
         progress.abort();
         let elapsed = started.elapsed();
 
@@ -425,6 +481,7 @@ impl<H: Handler> Delivery<H> {
             Ok(outgoing) => match self.publisher.publish_all(&outgoing).await {
                 Ok(()) => {
                     self.metrics.record(stage, "succeeded", elapsed);
+                    self.metrics.record_job_end(stage, &source, true);
                     ack(&message, AckKind::Ack).await;
                 }
                 Err(e) => {
@@ -488,6 +545,7 @@ impl<H: Handler> Delivery<H> {
                 {
                     Ok(()) => {
                         self.metrics.record(stage, "failed", elapsed);
+                        self.metrics.record_job_end(stage, &source, false);
                         ack(&message, AckKind::Term).await;
                     }
                     Err(e) => {

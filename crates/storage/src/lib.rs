@@ -10,6 +10,7 @@
 mod fs;
 pub mod layout;
 pub mod manifest;
+pub mod manifest_mongo;
 pub mod postgres_manifest;
 pub mod spool;
 
@@ -22,6 +23,7 @@ use tokio::io::AsyncRead;
 
 pub use fs::FsStore;
 pub use manifest::{Manifest, ManifestFile};
+pub use manifest_mongo::MongoManifest;
 
 /// A streaming body for `put`.
 pub type Body = Box<dyn AsyncRead + Send + Unpin>;

@@ -6,6 +6,7 @@
 //! have real trace ids: they travel in the NATS headers and are recorded in
 //! manifests whether or not anything collects them.
 
+mod logs;
 mod propagation;
 
 use std::sync::OnceLock;
@@ -30,13 +31,38 @@ pub enum LogFormat {
     Json,
 }
 
+/// How spans travel to the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC (the collector's port 4317).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318, path `/v1/traces`).
+    Http,
+}
+
+impl OtlpProtocol {
+    /// The protocol named by `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc`, `http/protobuf`),
+    /// when set to one Ferry speaks.
+    pub fn from_env() -> Option<OtlpProtocol> {
+        match std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").ok()?.as_str() {
+            "grpc" => Some(OtlpProtocol::Grpc),
+            "http/protobuf" | "http" => Some(OtlpProtocol::Http),
+            _ => None,
+        }
+    }
+}
+
 /// What `init` needs to know.
 #[derive(Debug, Clone, Default)]
 pub struct TelemetryOptions {
     /// The `service.name` of exported spans (`ferry`, `ferry-dumper`, …).
     pub service_name: String,
-    /// OTLP/HTTP endpoint for traces; falls back to `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    /// OTLP endpoint for traces (`http://collector:4317`); falls back to
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub otlp_endpoint: Option<String>,
+    /// gRPC or HTTP; unset: `OTEL_EXPORTER_OTLP_PROTOCOL`, then gRPC (the port
+    /// 4317 of the documented configuration).
+    pub otlp_protocol: Option<OtlpProtocol>,
     /// Log line format.
     pub log_format: LogFormat,
 }
@@ -79,8 +105,9 @@ impl Drop for TelemetryGuard {
 
 static INITIALISED: OnceLock<()> = OnceLock::new();
 
-/// Sets up logging and tracing for this process, exporting over OTLP/HTTP when an
-/// endpoint is configured.
+/// Sets up logging and tracing for this process, exporting over OTLP (gRPC or HTTP)
+/// when an endpoint is configured. Must run inside a Tokio runtime: the gRPC client
+/// lives on it.
 pub fn init(options: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError> {
     let endpoint = options
         .otlp_endpoint
@@ -91,12 +118,21 @@ pub fn init(options: &TelemetryOptions) -> Result<TelemetryGuard, TelemetryError
     let builder = match endpoint {
         Some(endpoint) => {
             use opentelemetry_otlp::WithExportConfig;
-            let traces_url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_endpoint(traces_url)
-                .build()
-                .map_err(|source| TelemetryError::Exporter { endpoint, source })?;
+            let protocol = options
+                .otlp_protocol
+                .or_else(OtlpProtocol::from_env)
+                .unwrap_or(OtlpProtocol::Grpc);
+            let exporter = match protocol {
+                OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(endpoint.clone())
+                    .build(),
+                OtlpProtocol::Http => opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+                    .build(),
+            }
+            .map_err(|source| TelemetryError::Exporter { endpoint, source })?;
             builder.with_batch_exporter(exporter)
         }
         None => builder,
@@ -120,6 +156,10 @@ pub fn init_with_exporter<E: SpanExporter + 'static>(
 fn resource(options: &TelemetryOptions) -> Resource {
     Resource::builder()
         .with_service_name(options.service_name.clone())
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
         .build()
 }
 
@@ -136,21 +176,32 @@ fn install(
     let filter = EnvFilter::try_from_env("FERRY_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let dispatch = logs::DispatchCell::default();
     let fmt_layer = match options.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .event_format(logs::WithTraceIds::text(dispatch.clone()))
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
+            .event_format(logs::WithTraceIds::json(dispatch.clone()))
+            // The JSON event format reads span fields as JSON: record them so.
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    // The filter applies to logs only: spans for tracing are kept at every level the
-    // code creates them, so a quiet log level does not break a trace.
+    // The log filter applies to logs only: Ferry's spans are traced at every level
+    // the code creates them, so a quiet log level does not break a trace. The
+    // exporter's own transport (HTTP/2, gRPC) is never traced: its spans would be
+    // exported by the same transport, which would trace that export, and so on.
+    let trace_filter = EnvFilter::new(
+        "info,ferry=trace,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,\
+         reqwest=off,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off",
+    );
     tracing_subscriber::registry()
+        .with(otel_layer.with_filter(trace_filter))
         .with(fmt_layer.with_filter(filter))
-        .with(otel_layer)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInitialised)?;
+    dispatch.capture();
     Ok(TelemetryGuard { provider })
 }

@@ -7,6 +7,7 @@
 //! prints, with the same defaults, so `cargo nextest run` works after `up` alone.
 
 pub mod http;
+pub mod mongo;
 pub mod nats;
 pub mod postgres;
 pub mod smtp;
@@ -15,6 +16,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use http::{HttpReceiver, ReceivedRequest, Reply};
+pub use mongo::{MongoServer, MongoStart};
 pub use nats::NatsServer;
 pub use postgres::{PgCluster, TestDatabase};
 pub use smtp::{ReceivedMail, SmtpSink};

@@ -108,6 +108,9 @@ pub struct DumpCompleted {
     /// What a PostgreSQL dump recorded (engine postgres only).
     #[prost(message, optional, tag = "20")]
     pub postgres: ::core::option::Option<PostgresDetails>,
+    /// What a MongoDB dump captured (unset for other engines).
+    #[prost(message, optional, tag = "21")]
+    pub mongodb: ::core::option::Option<MongoDetails>,
 }
 /// What a PostgreSQL dump recorded, so restores can be verified and reported.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -145,6 +148,61 @@ pub struct PostgresTable {
     /// The planner's row estimate (pg_class.reltuples; 0 when never analysed).
     #[prost(uint64, tag = "3")]
     pub rows_estimate: u64,
+}
+/// A MongoDB cluster time (a BSON Timestamp): seconds and an increment.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MongoClusterTime {
+    #[prost(uint32, tag = "1")]
+    pub seconds: u32,
+    #[prost(uint32, tag = "2")]
+    pub increment: u32,
+}
+/// One collection or view of a MongoDB dump.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MongoCollection {
+    #[prost(string, tag = "1")]
+    pub database: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// "collection", "view" or "timeseries".
+    #[prost(string, tag = "3")]
+    pub r#type: ::prost::alloc::string::String,
+    /// Documents written to its .bson file.
+    #[prost(uint64, tag = "4")]
+    pub documents: u64,
+    /// Uncompressed BSON bytes written to its .bson file.
+    #[prost(uint64, tag = "5")]
+    pub bytes: u64,
+}
+/// The point in time and the counts of a MongoDB dump.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct MongoDetails {
+    /// The server's operationTime when the dump started.
+    #[prost(message, optional, tag = "1")]
+    pub start_time: ::core::option::Option<MongoClusterTime>,
+    /// The instant a restore lands on: the last cluster time whose changes are in
+    /// oplog.bson (equal to start_time when no change was captured).
+    #[prost(message, optional, tag = "2")]
+    pub end_time: ::core::option::Option<MongoClusterTime>,
+    /// Whether the changes made during the dump were captured into oplog.bson (false
+    /// when the server has no change streams, e.g. a standalone mongod).
+    #[prost(bool, tag = "3")]
+    pub oplog_captured: bool,
+    /// Entries in oplog.bson.
+    #[prost(uint64, tag = "4")]
+    pub oplog_entries: u64,
+    /// featureCompatibilityVersion, e.g. "8.0".
+    #[prost(string, tag = "5")]
+    pub feature_compatibility_version: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "6")]
+    pub collections: ::prost::alloc::vec::Vec<MongoCollection>,
+    /// "db.collection" of each collection dropped while it was being dumped: left
+    /// out of the backup, which still succeeds.
+    #[prost(string, repeated, tag = "7")]
+    pub dropped: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Things an operator should know about this dump.
+    #[prost(string, repeated, tag = "8")]
+    pub warnings: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// The backup is stored and its manifest written. Subject: ferry.v1.events.uploaded.<source>
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -5,7 +5,7 @@
 //! directory, so a redelivered job re-announces the same dump instead of dumping
 //! again; an unfinished one is discarded and redone.
 
-mod lease;
+pub mod mongo;
 pub mod output;
 pub mod postgres;
 
@@ -15,15 +15,18 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use ferry_proto::subjects::{self, EventKind};
-use ferry_proto::v1::{DumpCompleted, Engine, JobRequested, PostgresDetails, SpoolLocation, Stage};
+use ferry_proto::v1::{
+    DumpCompleted, DumpFile, Engine, JobRequested, PostgresDetails, SpoolLocation, Stage,
+};
 use ferry_proto::{Message, reason};
 use ferry_runtime::config::{
     CompressionKind, DumperConfig, EngineKind, OverlapPolicy, SourceConfig,
 };
+use ferry_runtime::lease;
 use ferry_runtime::secrets::{SecretSource, read_secret};
 use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
-use ferry_storage::spool::DirSpool;
-use output::{Announcer, Compression, JobOutput};
+use ferry_storage::spool::{DirSpool, hash_file, list_files};
+use output::{Compression, JobOutput};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
@@ -95,13 +98,11 @@ impl Dumper {
 
 /// The name of this node in spool locations: configured, or the host name.
 pub fn spool_node(rt: &Runtime) -> String {
-    rt.config.spool.node.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/etc/hostname")
-            .map(|s| s.trim().to_string())
-            .ok()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "localhost".into())
-    })
+    rt.config
+        .spool
+        .node
+        .clone()
+        .unwrap_or_else(ferry_runtime::host_name)
 }
 
 /// Runs the dumper until `shutdown`.
@@ -272,22 +273,9 @@ impl Dumper {
 
         let started_at = chrono::Utc::now();
         let clock = Instant::now();
-        let spool = SpoolLocation {
-            node: self.node.clone(),
-            path: job_dir.display().to_string(),
-        };
-        let out = JobOutput::new(
-            job_dir.clone(),
-            compression_of(&self.rt.config.dumper),
-            Some(Announcer::new(
-                self.rt.publisher.clone(),
-                &job,
-                spool.clone(),
-            )),
-        );
         let dump = async {
             tokio::select! {
-                result = tokio::time::timeout(remaining, self.dump(source, &job, &out)) => {
+                result = tokio::time::timeout(remaining, self.dump(source, &job, &job_dir)) => {
                     result.unwrap_or_else(|_| Err(timeout_error(source)))
                 }
                 _ = ctx.cancel.cancelled() => Err(HandlerError::retryable(reason::DUMP_FAILED, "the dumper is shutting down; the job will be redelivered")),
@@ -297,7 +285,14 @@ impl Dumper {
         .await;
         // Whatever happened, the uncompressed staging area is gone now.
         let _ = tokio::fs::remove_dir_all(job_dir.join(postgres::STAGING_DIR)).await;
-        let (server_version, tool_version, databases, postgres) = match dump {
+        let EngineDump {
+            server_version,
+            tool_version,
+            databases,
+            files: listed,
+            mongodb,
+            postgres,
+        } = match dump {
             Ok(v) => v,
             Err(e) => {
                 // No half-written dump stays behind: the spool is cleaned.
@@ -305,24 +300,53 @@ impl Dumper {
                 return Err(e);
             }
         };
-        let files = out.files();
-
+        let mut files = listed.unwrap_or_default();
+        let names = if files.is_empty() {
+            list_files(&job_dir).map_err(spool_err)?
+        } else {
+            Vec::new()
+        };
+        for name in names {
+            let (size, sha256) = hash_file(&job_dir.join(&name)).await.map_err(spool_err)?;
+            let compression = if name.ends_with(".gz") {
+                "gzip"
+            } else {
+                "none"
+            };
+            files.push(DumpFile {
+                name,
+                size,
+                sha256,
+                compression: compression.into(),
+            });
+        }
         let done = DumpCompleted {
             job_id: job.job_id.clone(),
             source: job.source.clone(),
             occurred_at: Some(ferry_proto::now()),
             backup_id: job.backup_id.clone(),
-            engine: Engine::Postgres as i32,
+            engine: match source.engine {
+                EngineKind::Postgres => Engine::Postgres,
+                EngineKind::Mongodb => Engine::Mongodb,
+            } as i32,
             server_version,
             tool_version,
             files,
-            spool: Some(spool),
+            spool: Some(SpoolLocation {
+                node: self.node.clone(),
+                path: job_dir.display().to_string(),
+            }),
             started_at: Some(ferry_proto::to_timestamp(started_at)),
             duration_ms: clock.elapsed().as_millis() as u64,
             databases,
             deadline: job.deadline,
             postgres,
+            mongodb,
         };
+        ferry_runtime::metrics::count_bytes(
+            ferry_runtime::metrics::ByteKind::Dumped,
+            done.files.iter().map(|f| f.size).sum(),
+        );
         tokio::fs::write(marker, done.encode_to_vec())
             .await
             .map_err(spool_err)?;
@@ -351,38 +375,67 @@ impl Dumper {
         &self,
         source: &SourceConfig,
         job: &JobRequested,
-        out: &JobOutput,
-    ) -> Result<DumpOutcome, HandlerError> {
+        job_dir: &std::path::Path,
+    ) -> Result<EngineDump, HandlerError> {
         let password = password_of(source)?;
+        let announcer = output::Announcer::new(
+            self.rt.publisher.clone(),
+            job,
+            SpoolLocation {
+                node: self.node.clone(),
+                path: job_dir.display().to_string(),
+            },
+        );
         match source.engine {
             EngineKind::Postgres => {
-                let staging = out.job_dir().join(postgres::STAGING_DIR);
+                let out = JobOutput::new(
+                    job_dir.to_path_buf(),
+                    compression_of(&self.rt.config.dumper),
+                    Some(announcer),
+                );
+                let staging = job_dir.join(postgres::STAGING_DIR);
                 let dump = self
                     .pg
-                    .dump(source, password.as_ref(), &job.databases, out, &staging)
+                    .dump(source, password.as_ref(), &job.databases, &out, &staging)
                     .await?;
-                Ok((
-                    dump.details.server_version.clone(),
-                    dump.details.pg_dump_version.clone(),
-                    dump.databases,
-                    Some(dump.details),
-                ))
+                Ok(EngineDump {
+                    server_version: dump.details.server_version.clone(),
+                    tool_version: dump.details.pg_dump_version.clone(),
+                    databases: dump.databases,
+                    files: Some(out.files()),
+                    mongodb: None,
+                    postgres: Some(dump.details),
+                })
             }
-            EngineKind::Mongodb => Err(HandlerError::permanent(
-                reason::UNSUPPORTED_ENGINE,
-                format!(
-                    "source {}: MongoDB dumps are not available in this version of the dumper",
-                    source.name
-                ),
-            )),
+            EngineKind::Mongodb => {
+                let config = &self.rt.config.dumper;
+                let out = output::JobOutput::new(
+                    job_dir.to_path_buf(),
+                    output::Compression::Zstd {
+                        level: config.mongo_zstd_level,
+                    },
+                    Some(announcer),
+                );
+                let options = mongo::MongoOptions {
+                    parallel_collections: config.mongo_parallel_collections,
+                    ..Default::default()
+                };
+                let dump =
+                    mongo::dump(source, password.as_ref(), &job.databases, &out, &options).await?;
+                Ok(EngineDump {
+                    server_version: dump.server_version,
+                    tool_version: dump.tool_version,
+                    databases: dump.databases,
+                    files: Some(dump.files),
+                    mongodb: Some(dump.details),
+                    postgres: None,
+                })
+            }
         }
     }
 }
 
-/// Server version, tool version, databases, PostgreSQL details.
-type DumpOutcome = (String, String, Vec<String>, Option<PostgresDetails>);
-
-/// The configured compression of dump files.
+/// The configured compression of PostgreSQL dump files.
 fn compression_of(config: &DumperConfig) -> Compression {
     match config.compression {
         CompressionKind::Zstd => Compression::Zstd {
@@ -393,6 +446,17 @@ fn compression_of(config: &DumperConfig) -> Compression {
         },
         CompressionKind::None => Compression::None,
     }
+}
+
+/// What an engine's dump produced.
+struct EngineDump {
+    server_version: String,
+    tool_version: String,
+    databases: Vec<String>,
+    /// The files, when the engine listed them (else the job directory is listed).
+    files: Option<Vec<DumpFile>>,
+    mongodb: Option<ferry_proto::v1::MongoDetails>,
+    postgres: Option<PostgresDetails>,
 }
 
 fn completed_event(done: &DumpCompleted) -> Outgoing {

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod list;
 pub mod restore;
+pub mod retention;
 pub mod status;
 
 use ferry_runtime::Runtime;

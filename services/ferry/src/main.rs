@@ -24,6 +24,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run every worker in this process.
@@ -53,7 +55,24 @@ enum Command {
         #[command(subcommand)]
         command: SourcesCommand,
     },
-    /// Restore a backup into a PostgreSQL database (--to), or fetch it into a
+    /// Retention: preview (`plan`) or apply a source's policy now.
+    Retention {
+        #[command(subcommand)]
+        command: ferry::retention::RetentionCommand,
+    },
+    /// Mark a backup so that no retention policy deletes it (or `--remove` the mark).
+    Keep {
+        /// The source.
+        #[arg(long)]
+        source: String,
+        /// A backup id, or `latest`.
+        #[arg(long)]
+        backup: String,
+        /// Remove the mark instead: the policy applies to the backup again.
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Restore a backup into a PostgreSQL or MongoDB server (--to), or fetch it into a
     /// directory in the standard tools' layout (--to-dir).
     Restore {
         /// The source.
@@ -62,14 +81,30 @@ enum Command {
         /// A backup id, or `latest`.
         #[arg(long, default_value = "latest")]
         backup: String,
-        /// Where to write it: one pg_dump directory archive per database, for
-        /// `pg_restore`.
-        #[arg(long, conflicts_with = "to", required_unless_present = "to")]
+        /// Where to write it in the standard tool's layout: one pg_dump directory
+        /// archive per database (for `pg_restore`), or mongodump's layout (for
+        /// `mongorestore --dir`).
+        #[arg(long, conflicts_with = "to")]
         to_dir: Option<PathBuf>,
-        /// The PostgreSQL database to restore into, e.g.
-        /// postgres://user@host/orders_copy (password: PGPASSWORD or ~/.pgpass).
-        #[arg(long)]
+        /// The server to restore into: `postgres://user@host/orders_copy` (password:
+        /// PGPASSWORD or ~/.pgpass) or `mongodb://user@host:27017/`.
+        #[arg(long, required_unless_present = "to_dir")]
         to: Option<String>,
+        /// A file holding the password of the user in --to.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// Restore only this collection, `db.name` as named in the backup.
+        #[arg(long)]
+        collection: Option<String>,
+        /// Restore database `old` as `new` (repeatable).
+        #[arg(long, value_name = "OLD:NEW")]
+        rename_db: Vec<String>,
+        /// Drop existing collections before restoring them.
+        #[arg(long)]
+        drop: bool,
+        /// Collections restored at once.
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
         /// Which database of the backup, when it holds several.
         #[arg(long, requires = "to")]
         database: Option<String>,
@@ -215,32 +250,64 @@ async fn main() -> ExitCode {
         Command::List { source, json } => list(&config, source.as_deref(), json).await,
         Command::Status { json } => status(config, json).await,
         Command::Sources { command } => sources(config, command).await,
+        Command::Retention { command } => ferry::retention::run(config, command).await,
+        Command::Keep {
+            source,
+            backup,
+            remove,
+        } => ferry::retention::keep(config, &source, &backup, remove).await,
         Command::Restore {
             source,
             backup,
-            to_dir,
-            to,
+            to_dir: Some(to_dir),
+            ..
+        } => restore_to_dir(&config, &source, &backup, &to_dir).await,
+        Command::Restore {
+            source,
+            backup,
+            to: Some(to),
             database,
             create,
             table,
             jobs,
             work_dir,
-        } => match (to_dir, to) {
-            (Some(dir), _) => restore_to_dir(&config, &source, &backup, &dir).await,
-            (None, Some(to)) => {
-                let opts = ferry::restore::postgres::PgRestore {
-                    to,
-                    database,
-                    create,
-                    table,
-                    jobs,
-                    work_dir,
-                    pg_bin_dir: config.dumper.pg_bin_dir.clone(),
-                };
-                restore_to_postgres(&config, &source, &backup, &opts).await
+            ..
+        } if to.starts_with("postgres://") || to.starts_with("postgresql://") => {
+            let opts = ferry::restore::postgres::PgRestore {
+                to,
+                database,
+                create,
+                table,
+                jobs,
+                work_dir,
+                pg_bin_dir: config.dumper.pg_bin_dir.clone(),
+            };
+            restore_to_postgres(&config, &source, &backup, &opts).await
+        }
+        Command::Restore {
+            source,
+            backup,
+            to,
+            password_file,
+            collection,
+            rename_db,
+            drop,
+            parallel,
+            ..
+        } => {
+            let options = mongo_restore_options(
+                to.unwrap_or_default(),
+                password_file,
+                collection,
+                rename_db,
+                drop,
+                parallel,
+            );
+            match options {
+                Ok(options) => restore_to_server(&config, &source, &backup, options).await,
+                Err(e) => Err(e),
             }
-            (None, None) => Err(anyhow::anyhow!("give --to postgres://… or --to-dir DIR")),
-        },
+        }
     };
     result.unwrap_or_else(|e| {
         eprintln!("ferry: {e:#}");
@@ -332,8 +399,12 @@ async fn restore_to_dir(
         manifest.files.len(),
         dir.display()
     );
-    for db in &manifest.databases {
-        eprintln!("  pg_restore --dbname <target> {}", dir.join(db).display());
+    if manifest.engine == "mongodb" {
+        eprintln!("  mongorestore --dir {} --oplogReplay", dir.display());
+    } else {
+        for db in &manifest.databases {
+            eprintln!("  pg_restore --dbname <target> {}", dir.join(db).display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -351,6 +422,57 @@ async fn restore_to_postgres(
         "restored backup {} of {source} into {} (every SHA-256 checked)",
         manifest.backup_id,
         redact(&opts.to)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mongo_restore_options(
+    to: String,
+    password_file: Option<PathBuf>,
+    collection: Option<String>,
+    rename_db: Vec<String>,
+    drop: bool,
+    parallel: usize,
+) -> anyhow::Result<ferry::restore::mongo::MongoRestoreOptions> {
+    let password = password_file
+        .map(|path| {
+            std::fs::read_to_string(&path)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| anyhow::anyhow!("--password-file {}: {e}", path.display()))
+        })
+        .transpose()?;
+    let mut renames = std::collections::BTreeMap::new();
+    for pair in rename_db {
+        let (old, new) = pair
+            .split_once(':')
+            .filter(|(o, n)| !o.is_empty() && !n.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("--rename-db {pair:?}: expected OLD:NEW"))?;
+        renames.insert(old.to_string(), new.to_string());
+    }
+    Ok(ferry::restore::mongo::MongoRestoreOptions {
+        to,
+        password,
+        collection,
+        rename_db: renames,
+        drop,
+        parallel_collections: parallel.max(1),
+        parallel_batches: 4,
+        progress: true,
+    })
+}
+
+async fn restore_to_server(
+    config: &ferry_runtime::Config,
+    source: &str,
+    backup: &str,
+    options: ferry::restore::mongo::MongoRestoreOptions,
+) -> anyhow::Result<ExitCode> {
+    let store = ferry_runtime::store::open(&config.storage)?;
+    let manifest = ferry::restore::find_backup(store.as_ref(), source, backup).await?;
+    let report = ferry::restore::mongo::restore(store.as_ref(), &manifest, &options).await?;
+    eprintln!(
+        "restored backup {} of {}: {} collections, {} documents, {} changes replayed (every SHA-256 checked)",
+        manifest.backup_id, source, report.collections, report.documents, report.oplog_applied
     );
     Ok(ExitCode::SUCCESS)
 }

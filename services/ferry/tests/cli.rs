@@ -460,3 +460,157 @@ async fn sources_are_added_paused_and_removed_from_the_cli() {
     assert_eq!(gone.status.code(), Some(1));
     assert!(text(&gone.stderr).contains("no source named live"));
 }
+
+/// `ferry restore --to` as an operator runs it: a MongoDB backup (dumped by the
+/// dumper's engine, stored in an fs store with its manifest) restored under another
+/// database name; a second run without --drop is refused, with --drop it replaces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_to_a_mongodb_server_with_rename_and_drop() {
+    use ferry_storage::{Manifest, ManifestFile, layout};
+    use mongodb::bson::{Document, doc};
+
+    let server = ferry_testkit::MongoServer::shared();
+    let client = server.client().await;
+    let db_name = ferry_testkit::unique_name("ferry_cli");
+    let copy = format!("{db_name}_copy");
+    client
+        .database(&db_name)
+        .collection::<Document>("items")
+        .insert_many((0..500).map(|i| doc! { "_id": i, "name": format!("item {i}") }))
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let source = ferry_runtime::config::Config::from_toml(&format!(
+        "[[sources]]\nname = \"cat\"\nengine = \"mongodb\"\nurl = \"{}\"\ndatabases = [\"{db_name}\"]\n",
+        server.url()
+    ))
+    .unwrap()
+    .sources
+    .remove(0);
+    let out = ferry_dumper::output::JobOutput::new(
+        dir.path().join("job"),
+        ferry_dumper::output::Compression::Zstd { level: 1 },
+        None,
+    );
+    let dump = ferry_dumper::mongo::dump(&source, None, &[], &out, &Default::default())
+        .await
+        .unwrap();
+    let config = dir.path().join("ferry.toml");
+    let toml = format!(
+        "[storage]\nkind = \"fs\"\npath = \"{}\"\n",
+        dir.path().join("store").display()
+    );
+    std::fs::write(&config, &toml).unwrap();
+    let store =
+        ferry_runtime::store::open(&ferry_runtime::Config::from_toml(&toml).unwrap().storage)
+            .unwrap();
+    let mut files = Vec::new();
+    for f in &dump.files {
+        let object = layout::object_key(&f.sha256);
+        let body = tokio::fs::File::open(dir.path().join("job").join(&f.name))
+            .await
+            .unwrap();
+        store.put(&object, Box::new(body)).await.unwrap();
+        files.push(ManifestFile {
+            name: f.name.clone(),
+            object,
+            size: f.size,
+            sha256: f.sha256.clone(),
+            compression: f.compression.clone(),
+            reused: false,
+        });
+    }
+    let manifest = Manifest {
+        format: ferry_storage::manifest::FORMAT_VERSION,
+        backup_id: "20261122T000000Z-cli".into(),
+        source: "cat".into(),
+        engine: "mongodb".into(),
+        job_id: "cli".into(),
+        server_version: dump.server_version.clone(),
+        tool_version: dump.tool_version.clone(),
+        started_at: chrono::Utc::now(),
+        completed_at: chrono::Utc::now(),
+        databases: dump.databases.clone(),
+        files,
+        bytes_total: 0,
+        bytes_uploaded: 0,
+        bytes_reused: 0,
+        trace_id: None,
+        mongodb: None,
+        postgres: None,
+    };
+    store
+        .put(
+            &layout::manifest_key("cat", &manifest.backup_id),
+            Box::new(std::io::Cursor::new(manifest.to_json())),
+        )
+        .await
+        .unwrap();
+    let rename = format!("{db_name}:{copy}");
+    let restore = |extra: &[&str]| {
+        let mut args = vec![
+            "restore",
+            "--source",
+            "cat",
+            "--backup",
+            "latest",
+            "--to",
+            server.url(),
+            "--rename-db",
+            &rename,
+        ];
+        args.extend_from_slice(extra);
+        ferry(&config, &args)
+    };
+
+    let first = restore(&[]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    assert!(
+        text(&first.stderr).contains("500 documents"),
+        "{}",
+        text(&first.stderr)
+    );
+    let count = || async {
+        client
+            .database(&copy)
+            .collection::<Document>("items")
+            .count_documents(doc! {})
+            .await
+            .unwrap()
+    };
+    assert_eq!(count().await, 500);
+
+    let again = restore(&[]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains("--drop"),
+        "{}",
+        text(&again.stderr)
+    );
+    let dropped = restore(&["--drop", "--collection", &format!("{db_name}.items")]);
+    assert_eq!(dropped.status.code(), Some(0), "{}", text(&dropped.stderr));
+    assert_eq!(count().await, 500);
+
+    let bad = ferry(
+        &config,
+        &[
+            "restore",
+            "--source",
+            "cat",
+            "--to",
+            server.url(),
+            "--rename-db",
+            "nocolon",
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("OLD:NEW"),
+        "{}",
+        text(&bad.stderr)
+    );
+
+    client.database(&db_name).drop().await.unwrap();
+    client.database(&copy).drop().await.unwrap();
+}

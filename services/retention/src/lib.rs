@@ -1,130 +1,342 @@
-//! The retention worker: after each `BackupUploaded`, applies the source's policy
-//! (deleting expired manifests first), then collects objects that no remaining
-//! manifest references and that are older than the grace period, and publishes
-//! `RetentionApplied`.
+//! The retention worker: applies each source's policy and garbage-collects the
+//! objects no backup needs any more.
 //!
-//! Order makes a crash safe: a manifest is deleted before its objects, so a crash
-//! leaves only unreferenced objects, which the next run collects; never a manifest
-//! whose objects are gone.
+//! - **Triggered** by every `BackupUploaded` (that source only), and by a periodic
+//!   sweep over every source (`retention.sweep_interval`).
+//! - **One run per source at a time** across every replica and `ferry retention
+//!   apply`: a run holds the lease `retention.<source>` in `ferry-locks`; garbage
+//!   collection, which looks at every source's manifests, holds `retention-gc`.
+//! - **Safe order**: expired manifests are deleted first, then unreferenced objects
+//!   older than the grace period (see [`gc`]). A crash at any point leaves only
+//!   unreferenced garbage, never a manifest without its objects.
+//! - **Reports** `RetentionApplied` with the kept and deleted backups (each with
+//!   its rule), the objects deleted and the bytes freed.
 
+pub mod catalog;
+pub mod gc;
 pub mod plan;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use async_nats::jetstream::kv;
+use chrono::{DateTime, Utc};
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupUploaded, ExpiredBackup, KeptBackup, RetentionApplied, Stage};
 use ferry_proto::{Message, reason};
 use ferry_runtime::config::SourceConfig;
+use ferry_runtime::lease::{self, Holder, Lease};
 use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
-use ferry_storage::layout::{
-    BACKUPS_PREFIX, OBJECTS_PREFIX, backup_id_of, manifest_key, source_prefix,
-};
-use ferry_storage::{Manifest, ObjectStore, StorageError, get_bytes};
+use ferry_storage::{ObjectStore, StorageError};
 use tokio_util::sync::CancellationToken;
 
-use plan::{BackupInfo, plan};
+pub use gc::{GcOptions, GcOutcome};
+pub use plan::{BackupInfo, Decision, Plan, plan};
 
-/// The retention worker's handler.
+/// The lease key that serialises garbage collection across replicas.
+pub const GC_LEASE: &str = "retention-gc";
+
+/// The lease key of one source's retention runs.
+pub fn source_lease(source: &str) -> String {
+    format!("retention.{source}")
+}
+
+/// The retention worker.
 pub struct Retention {
     rt: Runtime,
     store: Arc<dyn ObjectStore>,
+    locks: kv::Store,
+    node: String,
 }
 
-/// What one retention run did.
+/// What one retention run of a source did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RetentionOutcome {
+pub struct SourceRun {
     /// The plan that was applied.
-    pub plan: plan::Plan,
-    /// Objects collected.
-    pub objects_deleted: u64,
-    /// Bytes freed by collecting them.
-    pub bytes_freed: u64,
+    pub plan: Plan,
+    /// The garbage collection that followed, if one ran.
+    pub gc: Option<GcOutcome>,
+}
+
+/// A run could not happen or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    /// Another run holds the lease.
+    #[error("{what} is already running ({holder}); try again when it ends")]
+    Busy {
+        /// What is running.
+        what: String,
+        /// Who holds the lease.
+        holder: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// NATS (the lease bucket) failed.
+    #[error("retention lease: {0}")]
+    Lease(String),
+}
+
+impl From<RetentionError> for HandlerError {
+    fn from(e: RetentionError) -> Self {
+        match &e {
+            RetentionError::Busy { .. } => {
+                HandlerError::retryable(reason::ALREADY_RUNNING, e.to_string())
+                    .retry_after(Duration::from_secs(5))
+            }
+            RetentionError::Storage(s) if !s.is_retryable() => {
+                HandlerError::permanent(reason::STORAGE_ERROR, e.to_string())
+            }
+            RetentionError::Storage(_) => {
+                HandlerError::retryable(reason::STORAGE_ERROR, e.to_string())
+            }
+            RetentionError::Lease(_) => HandlerError::retryable(reason::INTERNAL, e.to_string()),
+        }
+    }
 }
 
 impl Retention {
-    /// A retention worker on `store`.
-    pub fn new(rt: Runtime, store: Arc<dyn ObjectStore>) -> Self {
-        Retention { rt, store }
-    }
-
-    /// Applies the policy of `source` and collects garbage.
-    pub async fn apply(&self, source: &SourceConfig) -> Result<RetentionOutcome, StorageError> {
-        let tz =
-            ferry_runtime::schedule::parse_timezone(&source.timezone).unwrap_or(chrono_tz::Tz::UTC);
-        let mut backups = Vec::new();
-        for meta in self.store.list(&source_prefix(&source.name)).await? {
-            let Some(id) = backup_id_of(&source.name, &meta.key) else {
-                continue;
-            };
-            let manifest = Manifest::from_json(&get_bytes(self.store.as_ref(), &meta.key).await?);
-            match manifest {
-                Ok(m) => backups.push(BackupInfo {
-                    id,
-                    time: m.completed_at,
-                }),
-                // An unreadable manifest is never deleted by policy: an operator
-                // must look at it. It still protects its objects below.
-                Err(e) => {
-                    tracing::warn!(manifest = %meta.key, error = %e, "skipping unreadable manifest")
-                }
-            }
-        }
-        let plan = plan(&backups, &source.retention, tz);
-        for d in &plan.delete {
-            self.store
-                .delete(&manifest_key(&source.name, &d.id))
-                .await?;
-            tracing::info!(backup_id = %d.id, "expired backup deleted");
-        }
-        let (objects_deleted, bytes_freed) = self.collect_garbage().await?;
-        Ok(RetentionOutcome {
-            plan,
-            objects_deleted,
-            bytes_freed,
+    /// A retention worker on `store`, with its leases in `ferry-locks`.
+    pub async fn new(rt: Runtime, store: Arc<dyn ObjectStore>) -> anyhow::Result<Self> {
+        let locks = rt
+            .jetstream
+            .get_key_value(subjects::LOCKS_BUCKET)
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the {} bucket: {e}", subjects::LOCKS_BUCKET))?;
+        let node = ferry_runtime::host_name();
+        Ok(Retention {
+            rt,
+            store,
+            locks,
+            node,
         })
     }
 
-    /// Deletes objects that no manifest of any source references and that are older
-    /// than the grace period (an upload in flight has objects but no manifest yet).
-    async fn collect_garbage(&self) -> Result<(u64, u64), StorageError> {
-        let mut referenced = HashSet::new();
-        for meta in self.store.list(BACKUPS_PREFIX).await? {
-            if !meta.key.ends_with(".json") {
+    /// The store this worker manages.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    async fn lease(&self, key: &str, job_id: &str) -> Result<Lease, RetentionError> {
+        let holder = Holder {
+            job_id: job_id.to_string(),
+            node: self.node.clone(),
+            since: Utc::now(),
+        };
+        let ttl = self.rt.config.dumper.lease_ttl;
+        match lease::try_acquire(&self.locks, key, &holder, ttl).await {
+            Ok(Ok(lease)) => Ok(lease),
+            Ok(Err(other)) => Err(RetentionError::Busy {
+                what: key.to_string(),
+                holder: other
+                    .map(|h| format!("job {} on {} since {}", h.job_id, h.node, h.since))
+                    .unwrap_or_else(|| "another run".into()),
+            }),
+            Err(e) => Err(RetentionError::Lease(e.to_string())),
+        }
+    }
+
+    /// Runs `work` while holding `source`'s retention lease, so no retention run of
+    /// that source overlaps it.
+    pub async fn with_source_lease<F, Fut, T>(
+        &self,
+        source: &str,
+        job_id: &str,
+        work: F,
+    ) -> Result<T, RetentionError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        let lease = self.lease(&source_lease(source), job_id).await?;
+        let result = work().await;
+        lease.release().await;
+        Ok(result)
+    }
+
+    /// Applies `source`'s policy as of `now` under its lease, then collects garbage
+    /// if a backup was deleted (`collect = true` collects in any case). Collection
+    /// always uses the wall clock: it compares with the store's modification times.
+    pub async fn run_source(
+        &self,
+        source: &SourceConfig,
+        job_id: &str,
+        now: DateTime<Utc>,
+        collect: bool,
+    ) -> Result<SourceRun, RetentionError> {
+        let lease = self.lease(&source_lease(&source.name), job_id).await?;
+        let result = self.apply_policy(source, now).await;
+        lease.release().await;
+        let plan = result?;
+        let gc = if collect || !plan.delete.is_empty() {
+            self.collect(job_id, SystemTime::now()).await?
+        } else {
+            None
+        };
+        Ok(SourceRun { plan, gc })
+    }
+
+    async fn apply_policy(
+        &self,
+        source: &SourceConfig,
+        now: DateTime<Utc>,
+    ) -> Result<Plan, RetentionError> {
+        let tz =
+            ferry_runtime::schedule::parse_timezone(&source.timezone).unwrap_or(chrono_tz::Tz::UTC);
+        let policy = self.rt.config.retention.policy_for(source);
+        let backups = catalog::load_backups(self.store.as_ref(), &source.name).await?;
+        let plan = plan(&backups, policy, tz, now);
+        catalog::delete_expired(self.store.as_ref(), &source.name, &plan).await?;
+        Ok(plan)
+    }
+
+    /// Collects garbage under the collection lease; `None` when another replica is
+    /// collecting (it, or the next run, frees what this one would have).
+    pub async fn collect(
+        &self,
+        job_id: &str,
+        now: SystemTime,
+    ) -> Result<Option<GcOutcome>, RetentionError> {
+        let lease = match self.lease(GC_LEASE, job_id).await {
+            Ok(lease) => lease,
+            Err(RetentionError::Busy { holder, .. }) => {
+                tracing::info!(%holder, "garbage collection already running elsewhere; skipped");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let options = GcOptions {
+            grace: self.rt.config.retention.gc_grace,
+            now,
+            batch: self.rt.config.retention.delete_batch,
+        };
+        let result = tokio::select! {
+            r = gc::collect_garbage(self.store.as_ref(), options) => r,
+            // Losing the lease means another replica may start collecting: stop.
+            _ = lease.lost.cancelled() => Err(StorageError::Backend {
+                op: "collect",
+                key: GC_LEASE.into(),
+                message: "lost the garbage-collection lease".into(),
+                retryable: true,
+            }),
+        };
+        lease.release().await;
+        let outcome = result?;
+        self.rt
+            .metrics
+            .add_bytes(ferry_runtime::metrics::ByteKind::Freed, outcome.bytes_freed);
+        tracing::info!(
+            objects_seen = outcome.objects_seen,
+            manifests_read = outcome.manifests_read,
+            objects_deleted = outcome.objects_deleted,
+            bytes_freed = outcome.bytes_freed,
+            skipped = outcome.skipped.as_deref().unwrap_or(""),
+            "garbage collection done"
+        );
+        Ok(Some(outcome))
+    }
+
+    /// Applies every active source's policy once, then collects garbage once.
+    /// Paused sources are left alone: an operator who paused a source is looking at
+    /// it. Returns the events to publish (sources where something was deleted).
+    pub async fn sweep(&self, now: DateTime<Utc>) -> Vec<RetentionApplied> {
+        let job_id = format!("sweep-{}", now.format("%Y%m%dT%H%M%SZ"));
+        let mut events = Vec::new();
+        for registered in self.rt.sources.all() {
+            if registered.paused {
                 continue;
             }
-            match Manifest::from_json(&get_bytes(self.store.as_ref(), &meta.key).await?) {
-                Ok(m) => referenced.extend(m.files.into_iter().map(|f| f.object)),
+            let source = &registered.config;
+            match self.run_source(source, &job_id, now, false).await {
+                Ok(run) if !run.plan.delete.is_empty() => {
+                    events.push(applied_event(&job_id, &source.name, &run));
+                }
+                Ok(_) => {}
                 Err(e) => {
-                    // Without knowing what it references, collecting anything could
-                    // break a backup: skip collection this time.
-                    tracing::warn!(manifest = %meta.key, error = %e, "unreadable manifest: garbage collection skipped");
-                    return Ok((0, 0));
+                    tracing::warn!(source = %source.name, error = %e, "retention sweep skipped the source")
                 }
             }
         }
-        let cutoff = SystemTime::now() - self.rt.config.retention.gc_grace;
-        let (mut count, mut bytes) = (0, 0);
-        for meta in self.store.list(OBJECTS_PREFIX).await? {
-            if !referenced.contains(&meta.key) && meta.modified < cutoff {
-                self.store.delete(&meta.key).await?;
-                count += 1;
-                bytes += meta.size;
-            }
+        if let Err(e) = self.collect(&job_id, SystemTime::now()).await {
+            tracing::warn!(error = %e, "garbage collection in the sweep failed; the next run retries");
         }
-        Ok((count, bytes))
+        events
     }
 }
 
-/// Runs the retention worker until `shutdown`.
+/// The `RetentionApplied` event of one run.
+pub fn applied_event(job_id: &str, source: &str, run: &SourceRun) -> RetentionApplied {
+    let gc = run.gc.clone().unwrap_or_default();
+    RetentionApplied {
+        job_id: job_id.to_string(),
+        source: source.to_string(),
+        occurred_at: Some(ferry_proto::now()),
+        kept: run
+            .plan
+            .keep
+            .iter()
+            .map(|d| KeptBackup {
+                backup_id: d.id.clone(),
+                rule: d.rule.into(),
+            })
+            .collect(),
+        deleted: run
+            .plan
+            .delete
+            .iter()
+            .map(|d| ExpiredBackup {
+                backup_id: d.id.clone(),
+                rule: d.rule.into(),
+            })
+            .collect(),
+        objects_deleted: gc.objects_deleted,
+        bytes_freed: gc.bytes_freed,
+    }
+}
+
+fn outgoing(event: &RetentionApplied) -> Outgoing {
+    Outgoing::event(
+        EventKind::Retention,
+        &event.source,
+        event,
+        format!("{}/retention/{}", event.job_id, event.source),
+    )
+}
+
+/// Runs the retention worker until `shutdown`: the trigger after each upload and
+/// the periodic sweep.
 pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = ferry_runtime::store::open(&rt.config.storage)?;
-    let handler = Arc::new(Retention::new(rt.clone(), store));
-    // One run at a time per process keeps two runs from collecting concurrently;
-    // across replicas a per-source lease comes with the retention issue.
-    rt.run_handler(handler, 1, shutdown).await?;
+    let retention = Arc::new(Retention::new(rt.clone(), store).await?);
+    let sweeper = tokio::spawn(sweep_loop(retention.clone(), shutdown.clone()));
+    // Runs of different sources may go side by side; the leases keep each source
+    // (and garbage collection) to one run at a time.
+    let result = rt.run_handler(retention, 4, shutdown).await;
+    sweeper.abort();
+    result?;
     Ok(())
+}
+
+async fn sweep_loop(retention: Arc<Retention>, shutdown: CancellationToken) {
+    let every = retention.rt.config.retention.sweep_interval;
+    if every.is_zero() {
+        return;
+    }
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The first tick is immediate: a worker that starts catches up at once.
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let events = retention.sweep(Utc::now()).await;
+        for event in &events {
+            if let Err(e) = retention.rt.publisher.publish(&outgoing(event)).await {
+                tracing::warn!(source = %event.source, error = %e, "could not publish RetentionApplied");
+            }
+        }
+    }
 }
 
 impl Handler for Retention {
@@ -137,7 +349,7 @@ impl Handler for Retention {
             durable: "ferry-retention".into(),
             filter: EventKind::Uploaded.filter(),
             ack_wait: Duration::from_secs(120),
-            max_deliver: 5,
+            max_deliver: 20,
         }
     }
 
@@ -160,38 +372,10 @@ impl Handler for Retention {
                 format!("source {:?} is not configured on this retention worker; its backups are left untouched", uploaded.source),
             )
         })?;
-        let outcome = self.apply(&source).await.map_err(|e| {
-            if e.is_retryable() {
-                HandlerError::retryable(reason::STORAGE_ERROR, e.to_string())
-            } else {
-                HandlerError::permanent(reason::STORAGE_ERROR, e.to_string())
-            }
-        })?;
-        let event = RetentionApplied {
-            job_id: uploaded.job_id.clone(),
-            source: uploaded.source.clone(),
-            occurred_at: Some(ferry_proto::now()),
-            kept: outcome
-                .plan
-                .keep
-                .iter()
-                .map(|d| KeptBackup {
-                    backup_id: d.id.clone(),
-                    rule: d.rule.into(),
-                })
-                .collect(),
-            deleted: outcome
-                .plan
-                .delete
-                .iter()
-                .map(|d| ExpiredBackup {
-                    backup_id: d.id.clone(),
-                    rule: d.rule.into(),
-                })
-                .collect(),
-            objects_deleted: outcome.objects_deleted,
-            bytes_freed: outcome.bytes_freed,
-        };
+        let run = self
+            .run_source(&source, &uploaded.job_id, Utc::now(), false)
+            .await?;
+        let event = applied_event(&uploaded.job_id, &uploaded.source, &run);
         tracing::info!(
             kept = event.kept.len(),
             deleted = event.deleted.len(),
@@ -199,11 +383,6 @@ impl Handler for Retention {
             bytes_freed = event.bytes_freed,
             "retention applied"
         );
-        Ok(vec![Outgoing::event(
-            EventKind::Retention,
-            &uploaded.source,
-            &event,
-            format!("{}/retention", uploaded.job_id),
-        )])
+        Ok(vec![outgoing(&event)])
     }
 }

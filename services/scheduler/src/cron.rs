@@ -213,8 +213,14 @@ async fn fire(rt: &Runtime, source: &SourceConfig, at: DateTime<Utc>) {
     );
     async {
         match jobs::publish(&rt.publisher, &job, &msg_id).await {
-            Ok(()) => tracing::info!(scheduled_for = %instant, backup_id = %job.backup_id, "scheduled job published"),
-            Err(e) => tracing::error!(error = %e, "failed to publish scheduled job"),
+            Ok(()) => {
+                tracing::info!(scheduled_for = %instant, backup_id = %job.backup_id, "scheduled job published");
+                rt.metrics.record_request("schedule", "published");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "failed to publish scheduled job");
+                rt.metrics.record_request("schedule", "failed");
+            }
         }
     }
     .instrument(span)

@@ -165,6 +165,7 @@ async fn accept(rt: &Runtime, message: &async_nats::Message, span: &tracing::Spa
     match jobs::publish(&rt.publisher, &job, &job_request.msg_id).await {
         Ok(()) => {
             tracing::info!(backup_id = %job.backup_id, "manual job accepted");
+            rt.metrics.record_request("manual", "published");
             ManualReply {
                 ok: true,
                 job_id,
@@ -175,6 +176,7 @@ async fn accept(rt: &Runtime, message: &async_nats::Message, span: &tracing::Spa
         }
         Err(e) => {
             tracing::error!(error = %e, "failed to publish manual job");
+            rt.metrics.record_request("manual", "failed");
             ManualReply {
                 ok: false,
                 job_id,
@@ -246,6 +248,7 @@ async fn reject(rt: &Runtime, rejection: Rejection, span: &tracing::Span) -> Man
     span.record("ferry.job_id", job_id.as_str());
     span.record("ferry.source", subjects::source_token(&rejection.source));
     tracing::warn!(reason = rejection.reason, error = %rejection.message, "job request rejected");
+    rt.metrics.record_request("manual", "rejected");
     let failed = BackupFailed {
         job_id: job_id.clone(),
         source: rejection.source.clone(),

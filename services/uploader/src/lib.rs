@@ -5,6 +5,7 @@
 //! Idempotent on `job_id`: when the manifest already exists, the job is done and the
 //! event is re-announced from it.
 
+mod details;
 mod hashing;
 
 use std::sync::Arc;
@@ -197,6 +198,7 @@ impl Uploader {
             bytes_reused,
             trace_id: ferry_telemetry::current_trace_id(),
             postgres: dump.postgres.as_ref().map(Into::into),
+            mongodb: dump.mongodb.as_ref().map(details::mongo_manifest),
         };
         // The commit point: written last, and only if no earlier attempt wrote it.
         let created = self
@@ -210,6 +212,9 @@ impl Uploader {
         } else {
             self.read_manifest(&key).await?
         };
+        if created {
+            ferry_runtime::metrics::count_upload(manifest.bytes_uploaded, manifest.bytes_reused);
+        }
         self.clean_spool(&dump.job_id).await;
         tracing::info!(
             manifest = %key,

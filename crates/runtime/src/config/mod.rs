@@ -6,6 +6,7 @@
 //! variable or file its secret comes from, and the secret is read only where used.
 
 mod notify;
+mod retention;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use notify::{NotifierConfig, NotifyConfig, NotifyKind, NotifyOn, Severity};
+pub use retention::{RetentionPolicy, RetentionWorkerConfig};
 pub use validate::{ConfigError, ConfigProblem};
 
 /// The whole configuration of a Ferry process (every worker reads the same file).
@@ -245,7 +247,8 @@ pub struct SourceConfig {
     pub password_env: Option<String>,
     /// File holding the password (a Docker or Kubernetes secret).
     pub password_file: Option<PathBuf>,
-    /// Databases to back up; empty means the one in the URL; `["*"]` (PostgreSQL)
+    /// Databases to back up; empty means the one in the URL (PostgreSQL) or every
+    /// database but `admin`, `local` and `config` (MongoDB); `["*"]` (PostgreSQL)
     /// means every database on the server except templates.
     #[serde(default)]
     pub databases: Vec<String>,
@@ -265,6 +268,12 @@ pub struct SourceConfig {
     /// PostgreSQL: skip these tables, `schema.table` (pg_dump `--exclude-table`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude_tables: Vec<String>,
+    /// MongoDB: only these collections, as `db.collection` or `db.*`; empty means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collections: Vec<String>,
+    /// MongoDB: leave out these collections (`db.collection` or `db.*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_collections: Vec<String>,
     /// Cron expression (5 fields, or 6 with seconds); unset means manual jobs only.
     pub schedule: Option<String>,
     /// IANA time zone of the schedule and of retention periods.
@@ -301,36 +310,6 @@ fn default_timeout() -> Duration {
     Duration::from_secs(2 * 3600)
 }
 
-/// A retention policy. Unset rules keep nothing by themselves; with no rule at all
-/// every backup is kept.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RetentionPolicy {
-    /// Keep the newest N backups.
-    pub keep_last: Option<u32>,
-    /// Keep the newest backup of each of the last N days.
-    pub keep_daily: Option<u32>,
-    /// Keep the newest backup of each of the last N ISO weeks.
-    pub keep_weekly: Option<u32>,
-    /// Keep the newest backup of each of the last N months.
-    pub keep_monthly: Option<u32>,
-    /// Keep the newest backup of each of the last N years.
-    pub keep_yearly: Option<u32>,
-    /// Never keep fewer than this many backups, whatever the rules say (default 1).
-    pub min_keep: Option<u32>,
-}
-
-impl RetentionPolicy {
-    /// Whether any rule would ever expire a backup.
-    pub fn is_empty(&self) -> bool {
-        self.keep_last.is_none()
-            && self.keep_daily.is_none()
-            && self.keep_weekly.is_none()
-            && self.keep_monthly.is_none()
-            && self.keep_yearly.is_none()
-    }
-}
-
 /// Whether `name` is a valid name token: 1-64 characters of `[a-z0-9_-]`.
 pub(crate) fn valid_token(name: &str) -> bool {
     !name.is_empty()
@@ -344,10 +323,22 @@ pub(crate) fn valid_token(name: &str) -> bool {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
-    /// OTLP/HTTP endpoint for traces; unset means logs only.
+    /// OTLP endpoint for traces (`http://collector:4317`); unset means logs only.
     pub otlp_endpoint: Option<String>,
+    /// `grpc` or `http`; unset: `OTEL_EXPORTER_OTLP_PROTOCOL`, then `grpc`.
+    pub otlp_protocol: Option<OtlpProtocolConfig>,
     /// `text` or `json` log lines.
     pub log_format: LogFormatConfig,
+}
+
+/// How traces are exported.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpProtocolConfig {
+    /// OTLP over gRPC (port 4317).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318).
+    Http,
 }
 
 /// Log line format.
@@ -430,6 +421,10 @@ pub struct DumperConfig {
     /// while the job runs). Set when the lease bucket is first created.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// MongoDB: collections one job dumps at once.
+    pub mongo_parallel_collections: usize,
+    /// MongoDB: zstd level of the dump files (1-22).
+    pub mongo_zstd_level: i32,
 }
 
 impl Default for DumperConfig {
@@ -441,6 +436,8 @@ impl Default for DumperConfig {
             compression: CompressionKind::Zstd,
             compression_level: None,
             lease_ttl: Duration::from_secs(60),
+            mongo_parallel_collections: 4,
+            mongo_zstd_level: 1,
         }
     }
 }
@@ -469,24 +466,6 @@ pub struct UploaderConfig {
 impl Default for UploaderConfig {
     fn default() -> Self {
         UploaderConfig { concurrency: 4 }
-    }
-}
-
-/// `[retention]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetentionWorkerConfig {
-    /// Objects younger than this are never collected, so an upload in flight (whose
-    /// manifest is not written yet) keeps its objects.
-    #[serde(with = "humantime_serde")]
-    pub gc_grace: Duration,
-}
-
-impl Default for RetentionWorkerConfig {
-    fn default() -> Self {
-        RetentionWorkerConfig {
-            gc_grace: Duration::from_secs(3600),
-        }
     }
 }
 
@@ -560,6 +539,7 @@ on = ["failed", "succeeded"]
 
 [telemetry]
 otlp_endpoint = "http://127.0.0.1:4317"
+otlp_protocol = "grpc"
 
 [http]
 listen = "127.0.0.1:9464"

@@ -161,8 +161,47 @@ impl Config {
                 bad("dumper.compression_level".into(), &level.to_string(), range);
             }
         }
+        if self.dumper.mongo_parallel_collections == 0 {
+            bad(
+                "dumper.mongo_parallel_collections".into(),
+                "0",
+                "at least 1",
+            );
+        }
+        if !(1..=22).contains(&self.dumper.mongo_zstd_level) {
+            bad(
+                "dumper.mongo_zstd_level".into(),
+                &self.dumper.mongo_zstd_level.to_string(),
+                "a zstd level from 1 to 22",
+            );
+        }
         if self.uploader.concurrency == 0 {
             bad("uploader.concurrency".into(), "0", "at least 1");
+        }
+
+        for (field, value, expected) in self.retention.default.problems() {
+            bad(format!("retention.default.{field}"), &value, expected);
+        }
+        if self.retention.delete_batch == 0 || self.retention.delete_batch > 1000 {
+            bad(
+                "retention.delete_batch".into(),
+                &self.retention.delete_batch.to_string(),
+                "1 to 1000 (S3 deletes at most 1000 keys per request)",
+            );
+        }
+        // An object younger than gc_grace is never collected; an upload that takes
+        // longer than gc_grace could lose objects it reused before its manifest lands.
+        if let Some(longest) = self.sources.iter().map(|s| s.timeout).max()
+            && self.retention.gc_grace < longest
+        {
+            bad(
+                "retention.gc_grace".into(),
+                &humantime::format_duration(self.retention.gc_grace).to_string(),
+                &format!(
+                    "at least the longest sources.timeout ({}), so no upload in flight can lose its objects",
+                    humantime::format_duration(longest)
+                ),
+            );
         }
 
         let mut names = HashSet::new();
@@ -285,12 +324,8 @@ impl super::SourceConfig {
                 "either [\"*\"] (every database) or a list of names, not both",
             );
         }
-        if s.retention.keep_last == Some(0) {
-            bad(
-                key("retention.keep_last"),
-                "0",
-                "at least 1 (keeping no backup is never what you want)",
-            );
+        for (field, value, expected) in s.retention.problems() {
+            bad(key(&format!("retention.{field}")), &value, expected);
         }
         problems
     }

@@ -1,8 +1,10 @@
-//! Fetching a backup out of the store: every file checked against its SHA-256 and
-//! decompressed on the way, streaming, into the standard tool's layout (a pg_dump
-//! directory archive per database). `ferry restore --to-dir` stops there;
-//! [`postgres`] goes on and runs pg_restore.
+//! Fetching a backup out of the store. `ferry restore --to-dir` leaves the standard
+//! tool's layout (a pg_dump directory archive per database; mongodump's layout for
+//! MongoDB), every file checked against its SHA-256 on the way; `ferry restore --to`
+//! loads a backup into a server: PostgreSQL with pg_restore ([`postgres`]),
+//! MongoDB ([`mongo`]).
 
+pub mod mongo;
 pub mod postgres;
 
 use std::io::{Read, Write};
@@ -14,7 +16,7 @@ use std::task::{Context, Poll};
 use ferry_storage::layout::manifest_key;
 use ferry_storage::{Manifest, ManifestFile, ObjectStore, get_bytes};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 /// Resolves `latest` or an id to a manifest.
 pub async fn find_backup(
@@ -38,6 +40,120 @@ pub async fn find_backup(
     Manifest::from_json(&bytes).map_err(|e| anyhow::anyhow!("{key}: {e}"))
 }
 
+/// The path of a manifest file under `dir`, refusing names that would escape it.
+pub fn local_path(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let relative = Path::new(name);
+    if name.is_empty()
+        || relative
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        anyhow::bail!("manifest names a file outside the backup: {name:?}");
+    }
+    Ok(dir.join(relative))
+}
+
+/// Downloads one file of a backup to `dest` as stored (still compressed), checking
+/// its size and SHA-256; a mismatch is an error naming the file and object.
+pub async fn fetch_verified(
+    store: &dyn ObjectStore,
+    file: &ManifestFile,
+    dest: &Path,
+) -> anyhow::Result<u64> {
+    if let Some(parent) = dest.parent() {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    let mut body = store.get(&file.object).await?;
+    let mut out = tokio::fs::File::create(dest).await?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = body.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).await?;
+        size += n as u64;
+    }
+    out.flush().await?;
+    let sha = hex::encode(hasher.finalize());
+    if sha != file.sha256 || size != file.size {
+        let _ = tokio::fs::remove_file(dest).await;
+        anyhow::bail!(
+            "{} (object {}) is corrupt: expected {} bytes with SHA-256 {}, got {size} bytes with {sha}",
+            file.name,
+            file.object,
+            file.size,
+            file.sha256
+        );
+    }
+    Ok(size)
+}
+
+/// A reader of a fetched file's original bytes, by its `compression`.
+pub fn decompressed(path: &Path, compression: &str) -> anyhow::Result<Box<dyn Read + Send>> {
+    let file = std::io::BufReader::with_capacity(256 * 1024, std::fs::File::open(path)?);
+    Ok(match compression {
+        "zstd" => Box::new(zstd::stream::read::Decoder::with_buffer(file)?),
+        "gzip" => Box::new(flate2::read::GzDecoder::new(file)),
+        "none" | "" => Box::new(file),
+        other => anyhow::bail!(
+            "{} uses compression {other:?}, which this Ferry cannot read: upgrade Ferry",
+            path.display()
+        ),
+    })
+}
+
+/// The name a file has once decompressed: Ferry's `.zst` suffix removed. gzip files
+/// keep theirs: those are pg_dump's own `.dat.gz`, which pg_restore reads as is.
+pub fn restored_name(file: &ManifestFile) -> &str {
+    match file.compression.as_str() {
+        "zstd" => file.name.strip_suffix(".zst").unwrap_or(&file.name),
+        _ => &file.name,
+    }
+}
+
+/// Writes every file of `manifest` under `dir` in the standard tool's layout,
+/// verifying sizes and SHA-256 sums; zstd files are decompressed. A mismatch stops
+/// with an error naming the file and object: nothing is trusted that was not checked.
+pub async fn fetch_to_dir(
+    store: &dyn ObjectStore,
+    manifest: &Manifest,
+    dir: &Path,
+) -> anyhow::Result<u64> {
+    let dropped: Vec<String> = manifest
+        .mongodb
+        .as_ref()
+        .map(|m| m.dropped.clone())
+        .unwrap_or_default();
+    let mut total = 0;
+    for file in &manifest.files {
+        if mongo::belongs_to_dropped(&file.name, &dropped) {
+            continue;
+        }
+        let path = local_path(dir, restored_name(file))?;
+        if file.compression != "zstd" {
+            total += fetch_verified(store, file, &path).await?;
+            continue;
+        }
+        let staged = path.with_extension("ferry-part");
+        total += fetch_verified(store, file, &staged).await?;
+        let (from, to) = (staged.clone(), path.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let mut input = decompressed(&from, "zstd")?;
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&to)?);
+            std::io::copy(&mut input, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            std::fs::remove_file(&from)?;
+            Ok(())
+        })
+        .await??;
+    }
+    Ok(total)
+}
+
 /// Reports bytes fetched (compressed, as stored) and files finished.
 pub trait Progress: Send + Sync {
     /// `n` more bytes were read from the store.
@@ -52,17 +168,6 @@ pub struct Quiet;
 impl Progress for Quiet {
     fn bytes(&self, _: u64) {}
     fn file_done(&self) {}
-}
-
-/// Writes every file of `manifest` under `dir`, decompressed, verifying sizes and
-/// SHA-256 sums; returns the bytes fetched. A mismatch stops with an error naming
-/// the file and object; nothing is trusted that was not checked.
-pub async fn fetch_to_dir(
-    store: &dyn ObjectStore,
-    manifest: &Manifest,
-    dir: &Path,
-) -> anyhow::Result<u64> {
-    fetch_files(store, manifest.files.iter(), dir, Arc::new(Quiet)).await
 }
 
 /// [`fetch_to_dir`] for some of the files, reporting progress.
@@ -80,31 +185,13 @@ pub async fn fetch_files<'a>(
     Ok(total)
 }
 
-/// The name a file has once decompressed (`db/toc.dat.zst` → `db/toc.dat`).
-pub fn restored_name(file: &ManifestFile) -> &str {
-    let suffix = match file.compression.as_str() {
-        "zstd" => ".zst",
-        "gzip" => ".gz",
-        _ => "",
-    };
-    file.name.strip_suffix(suffix).unwrap_or(&file.name)
-}
-
 async fn fetch_file(
     store: &dyn ObjectStore,
     file: &ManifestFile,
     dir: &Path,
     progress: Arc<dyn Progress>,
 ) -> anyhow::Result<u64> {
-    let relative = Path::new(restored_name(file));
-    if file.name.is_empty()
-        || relative
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_)))
-    {
-        anyhow::bail!("manifest names a file outside the backup: {:?}", file.name);
-    }
-    let path = dir.join(relative);
+    let path = local_path(dir, restored_name(file))?;
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent).await?;
     }
@@ -144,16 +231,14 @@ async fn fetch_file(
     Ok(size)
 }
 
-/// Streams `input` through the decoder named by `compression` into `out`.
+/// Streams `input` through the decoder named by `compression` into `out`; gzip
+/// files stay compressed, as [`restored_name`] says (pg_restore reads `.gz`).
 fn decompress(compression: &str, input: impl Read, out: &mut impl Write) -> anyhow::Result<()> {
     match compression {
         "zstd" => {
             std::io::copy(&mut zstd::stream::read::Decoder::new(input)?, out)?;
         }
-        "gzip" => {
-            std::io::copy(&mut flate2::read::MultiGzDecoder::new(input), out)?;
-        }
-        "none" | "" => {
+        "gzip" | "none" | "" => {
             let mut input = input;
             std::io::copy(&mut input, out)?;
         }
@@ -200,9 +285,4 @@ pub fn scratch_dir(under: Option<&Path>) -> anyhow::Result<tempfile::TempDir> {
             .tempdir()?,
     };
     Ok(dir)
-}
-
-/// Where a database's archive lands under a fetch directory.
-pub fn database_dir(dir: &Path, db: &str) -> PathBuf {
-    dir.join(db)
 }

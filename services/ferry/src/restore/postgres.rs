@@ -91,10 +91,12 @@ pub async fn restore(
         .iter()
         .filter(|f| f.name.starts_with(&prefix))
         .collect();
-    if !files
-        .iter()
-        .any(|f| restored_name(f) == format!("{db}/toc.dat"))
-    {
+    if !files.iter().any(|f| {
+        restored_name(f)
+            .strip_suffix(".gz")
+            .unwrap_or(restored_name(f))
+            == format!("{db}/toc.dat")
+    }) {
         anyhow::bail!(
             "backup {} lacks {db}/toc.dat: it is not a pg_dump archive",
             manifest.backup_id

@@ -1,8 +1,9 @@
-//! Per-source leases: at most one running backup per source across every dumper
-//! replica. A lease is a key in the `ferry-locks` KV bucket, created only if absent
-//! (so two dumpers cannot both take it), renewed with a revision check while the job
-//! runs, and deleted when it ends. The bucket's max age is the lease's time to live:
-//! a crashed dumper stops renewing and its lease expires by itself.
+//! Leases: at most one holder of a key across every replica, such as one running
+//! backup per source (the dumper) or one retention run per source (retention). A
+//! lease is a key in the `ferry-locks` KV bucket, created only if absent (so two
+//! workers cannot both take it), renewed with a revision check while the work runs,
+//! and deleted when it ends. The bucket's max age is the lease's time to live: a
+//! crashed worker stops renewing and its lease expires by itself.
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Holder {
     /// The job.
     pub job_id: String,
-    /// The dumper's node.
+    /// The worker's node.
     pub node: String,
     /// When it took the lease.
     pub since: chrono::DateTime<chrono::Utc>,
@@ -31,25 +32,22 @@ pub struct Lease {
     pub lost: CancellationToken,
 }
 
-/// Tries to take the lease of `source`; `Err(holder)` when someone has it.
+/// Tries to take the lease `key` (a source name for backups); `Err(holder)` when
+/// someone has it.
 pub async fn try_acquire(
     kv: &kv::Store,
-    source: &str,
+    key: &str,
     holder: &Holder,
     ttl: Duration,
 ) -> anyhow::Result<Result<Lease, Option<Holder>>> {
     let value: bytes::Bytes = serde_json::to_vec(holder)?.into();
-    match kv.create(source, value.clone()).await {
+    match kv.create(key, value.clone()).await {
         Ok(revision) => {
             let revision = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(revision));
             let lost = CancellationToken::new();
             let renewer = {
-                let (kv, key, revision, lost) = (
-                    kv.clone(),
-                    source.to_string(),
-                    revision.clone(),
-                    lost.clone(),
-                );
+                let (kv, key, revision, lost) =
+                    (kv.clone(), key.to_string(), revision.clone(), lost.clone());
                 tokio::spawn(async move {
                     let every = ttl / 3;
                     loop {
@@ -58,7 +56,7 @@ pub async fn try_acquire(
                         match kv.update(&key, value.clone(), current).await {
                             Ok(next) => revision.store(next, std::sync::atomic::Ordering::SeqCst),
                             Err(e) => {
-                                tracing::error!(source = %key, error = %e, "lost the source's lease; stopping the job");
+                                tracing::error!(lease = %key, error = %e, "lost the lease; stopping the work it guards");
                                 lost.cancel();
                                 return;
                             }
@@ -68,7 +66,7 @@ pub async fn try_acquire(
             };
             Ok(Ok(Lease {
                 kv: kv.clone(),
-                key: source.to_string(),
+                key: key.to_string(),
                 revision,
                 renewer,
                 lost,
@@ -76,14 +74,14 @@ pub async fn try_acquire(
         }
         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
             let holder = kv
-                .get(source)
+                .get(key)
                 .await
                 .ok()
                 .flatten()
                 .and_then(|v| serde_json::from_slice(&v).ok());
             Ok(Err(holder))
         }
-        Err(e) => Err(anyhow::anyhow!("taking the lease of {source}: {e}")),
+        Err(e) => Err(anyhow::anyhow!("taking the lease {key}: {e}")),
     }
 }
 
@@ -97,7 +95,7 @@ impl Lease {
             .delete_expect_revision(&self.key, Some(revision))
             .await
         {
-            tracing::warn!(source = %self.key, error = %e, "could not release the lease; it will expire");
+            tracing::warn!(lease = %self.key, error = %e, "could not release the lease; it will expire");
         }
     }
 }

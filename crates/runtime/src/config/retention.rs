@@ -1,0 +1,147 @@
+//! Retention configuration: the policy a source keeps its backups by, and the
+//! retention worker's own settings (`[retention]`), including the policy of sources
+//! that set none.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::SourceConfig;
+
+/// A retention policy. Unset rules keep nothing by themselves; with no rule at all
+/// every backup is kept. Periods (hours, days, weeks, months, years) are counted in
+/// the source's time zone, and the newest backup of each period is the one kept.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionPolicy {
+    /// Keep the newest N backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest backup of each of the last N hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest backup of each of the last N days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest backup of each of the last N ISO weeks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest backup of each of the last N months.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest backup of each of the last N years.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_yearly: Option<u32>,
+    /// A ceiling: backups older than this are deleted whatever the `keep_*` rules
+    /// say (keep marks and `min_keep` still win). Alone, it keeps every younger backup.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_age: Option<Duration>,
+    /// Never keep fewer than this many backups, whatever the rules say (default 1,
+    /// so the newest backup always survives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_keep: Option<u32>,
+}
+
+impl RetentionPolicy {
+    /// Whether no rule would ever expire a backup (`min_keep` alone expires nothing).
+    pub fn is_empty(&self) -> bool {
+        self.keep_last.is_none()
+            && self.keep_hourly.is_none()
+            && self.keep_daily.is_none()
+            && self.keep_weekly.is_none()
+            && self.keep_monthly.is_none()
+            && self.keep_yearly.is_none()
+            && self.max_age.is_none()
+    }
+
+    /// Whether anything at all is set, `min_keep` included.
+    pub fn is_set(&self) -> bool {
+        !self.is_empty() || self.min_keep.is_some()
+    }
+
+    /// The floor `min_keep` sets: at least one backup always survives.
+    pub fn min_keep(&self) -> usize {
+        self.min_keep.unwrap_or(1).max(1) as usize
+    }
+
+    /// Problems with this policy as `(key suffix, value, expected)`, for validation.
+    pub(crate) fn problems(&self) -> Vec<(&'static str, String, &'static str)> {
+        let mut out = Vec::new();
+        let counts = [
+            ("keep_last", self.keep_last),
+            ("keep_hourly", self.keep_hourly),
+            ("keep_daily", self.keep_daily),
+            ("keep_weekly", self.keep_weekly),
+            ("keep_monthly", self.keep_monthly),
+            ("keep_yearly", self.keep_yearly),
+        ];
+        for (key, value) in counts {
+            if value == Some(0) {
+                out.push((
+                    key,
+                    "0".to_string(),
+                    "at least 1, or leave it out (a rule that keeps nothing expires nothing on its own)",
+                ));
+            }
+        }
+        if self.min_keep == Some(0) {
+            out.push((
+                "min_keep",
+                "0".to_string(),
+                "at least 1: Ferry never deletes a source's last backup",
+            ));
+        }
+        if self.max_age.is_some_and(|d| d.is_zero()) {
+            out.push((
+                "max_age",
+                "0s".to_string(),
+                "a positive duration such as 90d",
+            ));
+        }
+        out
+    }
+}
+
+/// `[retention]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionWorkerConfig {
+    /// Objects younger than this are never collected, so an upload in flight (whose
+    /// manifest is not written yet) keeps its objects. Must exceed the longest upload.
+    #[serde(with = "humantime_serde")]
+    pub gc_grace: Duration,
+    /// How often every source's policy is applied and garbage collected, besides
+    /// the run after each backup; `0s` turns the periodic sweep off.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// Objects deleted per request while collecting garbage.
+    pub delete_batch: usize,
+    /// The policy of sources that set no `retention` of their own.
+    pub default: RetentionPolicy,
+}
+
+impl Default for RetentionWorkerConfig {
+    fn default() -> Self {
+        RetentionWorkerConfig {
+            gc_grace: Duration::from_secs(6 * 3600),
+            sweep_interval: Duration::from_secs(3600),
+            delete_batch: 1000,
+            default: RetentionPolicy::default(),
+        }
+    }
+}
+
+impl RetentionWorkerConfig {
+    /// The policy that applies to `source`: its own, or the default.
+    pub fn policy_for<'a>(&'a self, source: &'a SourceConfig) -> &'a RetentionPolicy {
+        if source.retention.is_set() {
+            &source.retention
+        } else {
+            &self.default
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! MongoDB dumps with the official driver, in mongodump's layout: for each
+//! collection `<db>/<collection>.bson` (its documents' raw bytes, concatenated) and
+//! `<db>/<collection>.metadata.json` (options, indexes, UUID in canonical Extended
+//! JSON), plus `oplog.bson` with the changes made while the dump ran, so a restore
+//! lands on one instant like `mongodump --oplog`.
+//!
+//! Documents are never decoded: each cursor batch's bytes go straight into the
+//! compressing writer. Collections dump `dumper.mongo_parallel_collections` at a
+//! time; memory is bounded by one cursor batch (about 1 MiB, at least 101 documents)
+//! and one compression pipe per collection in flight.
+
+mod changes;
+mod collection;
+pub mod errors;
+mod filter;
+
+use std::time::Duration;
+
+use ferry_proto::reason;
+use ferry_proto::v1::{DumpFile, MongoClusterTime, MongoDetails};
+use ferry_runtime::HandlerError;
+use ferry_runtime::config::SourceConfig;
+use futures::{StreamExt, TryStreamExt};
+use mongodb::bson::{Document, Timestamp, doc};
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Database};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::output::JobOutput;
+pub use filter::CollectionFilter;
+
+/// Databases never dumped unless named explicitly: they hold the server's own state.
+const SYSTEM_DATABASES: [&str; 3] = ["admin", "local", "config"];
+
+/// How a MongoDB dump runs.
+#[derive(Debug, Clone)]
+pub struct MongoOptions {
+    /// Collections dumped at once.
+    pub parallel_collections: usize,
+    /// How long to wait for the server before calling it unreachable. Also the
+    /// driver's heartbeat timeout: a server busy serving the dump may answer its
+    /// heartbeat late, and a timed-out heartbeat interrupts every operation.
+    pub connect_timeout: Duration,
+}
+
+impl Default for MongoOptions {
+    fn default() -> Self {
+        MongoOptions {
+            parallel_collections: 4,
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a finished MongoDB dump produced.
+#[derive(Debug, Clone)]
+pub struct MongoDump {
+    /// The server's version.
+    pub server_version: String,
+    /// Ferry's dumper and the driver it used.
+    pub tool_version: String,
+    /// Databases dumped, each a top-level directory.
+    pub databases: Vec<String>,
+    /// Every file of the backup (files of collections dropped mid-dump left out).
+    pub files: Vec<DumpFile>,
+    /// Point in time and counts, for the manifest.
+    pub details: MongoDetails,
+}
+
+/// Dumps the databases of `source` (`requested` ones when the job names some) into
+/// `out`.
+pub async fn dump(
+    source: &SourceConfig,
+    password: Option<&SecretString>,
+    requested: &[String],
+    out: &JobOutput,
+    options: &MongoOptions,
+) -> Result<MongoDump, HandlerError> {
+    let name = source.name.as_str();
+    let client = connect(source, password, options).await?;
+    let admin = client.database("admin");
+    let build = admin
+        .run_command(doc! { "buildInfo": 1 })
+        .await
+        .map_err(|e| errors::classify(name, "connecting", &e))?;
+    let server_version = build.get_str("version").unwrap_or_default().to_string();
+    let mut warnings = Vec::new();
+    let fcv = match admin
+        .run_command(doc! { "getParameter": 1, "featureCompatibilityVersion": 1 })
+        .await
+    {
+        Ok(reply) => reply
+            .get_document("featureCompatibilityVersion")
+            .ok()
+            .and_then(|d| d.get_str("version").ok())
+            .unwrap_or_default()
+            .to_string(),
+        Err(e) => {
+            warnings.push(format!("featureCompatibilityVersion unknown: {e}"));
+            String::new()
+        }
+    };
+
+    let filter = CollectionFilter::new(&source.collections, &source.exclude_collections)
+        .map_err(|e| HandlerError::permanent(reason::DUMP_FAILED, format!("{name}: {e}")))?;
+    let databases = databases(&client, source, requested).await?;
+
+    // The instant the dump starts: changes from here on are captured, so replaying
+    // them over data read later lands on the end instant.
+    let start = operation_time(&admin, name).await?;
+    let capture = match start {
+        Some(start) => {
+            changes::Capture::start(&client, name, start, &databases, &filter, out).await?
+        }
+        None => None,
+    };
+    if capture.is_none() {
+        warnings.push(
+            "no change stream (a standalone server?): changes made while the dump ran are not captured, so the backup is not a single point in time".into(),
+        );
+    }
+
+    let mut jobs = Vec::new();
+    for db in &databases {
+        let specs = collection::list(&client.database(db), name).await?;
+        for spec in specs {
+            if filter.includes(db, &spec.name) {
+                jobs.push((db.clone(), spec));
+            }
+        }
+    }
+    let results: Vec<collection::Outcome> = futures::stream::iter(jobs)
+        .map(|(db, spec)| {
+            let db = client.database(&db);
+            async move { collection::dump(&db, name, spec, out).await }
+        })
+        .buffer_unordered(options.parallel_collections.max(1))
+        .try_collect()
+        .await?;
+
+    let mut details = MongoDetails {
+        start_time: start.map(cluster_time),
+        feature_compatibility_version: fcv,
+        ..Default::default()
+    };
+    let mut files = Vec::new();
+    for outcome in results {
+        match outcome {
+            collection::Outcome::Dumped { entry, files: f } => {
+                details.collections.push(entry);
+                files.extend(f);
+            }
+            collection::Outcome::Dropped(ns) => {
+                warnings.push(format!(
+                    "collection {ns} was dropped while the dump ran; it is not in the backup"
+                ));
+                details.dropped.push(ns);
+            }
+        }
+    }
+    details
+        .collections
+        .sort_by(|a, b| (&a.database, &a.name).cmp(&(&b.database, &b.name)));
+
+    if let Some(capture) = capture {
+        let end = operation_time(&admin, name)
+            .await?
+            .or(start)
+            .expect("a capture exists only with a start time");
+        let captured = capture.finish(end).await?;
+        details.oplog_captured = true;
+        details.oplog_entries = captured.entries;
+        details.end_time = Some(cluster_time(end));
+        warnings.extend(captured.warnings);
+        files.push(captured.file);
+    } else {
+        details.end_time = details.start_time;
+    }
+    for w in &warnings {
+        tracing::warn!(source = %name, warning = %w, "mongodb dump");
+    }
+    details.warnings = warnings;
+    Ok(MongoDump {
+        server_version,
+        tool_version: format!(
+            "ferry-dumper {} (mongodb driver 3)",
+            env!("CARGO_PKG_VERSION")
+        ),
+        databases,
+        files,
+        details,
+    })
+}
+
+fn cluster_time(t: Timestamp) -> MongoClusterTime {
+    MongoClusterTime {
+        seconds: t.time,
+        increment: t.increment,
+    }
+}
+
+async fn connect(
+    source: &SourceConfig,
+    password: Option<&SecretString>,
+    options: &MongoOptions,
+) -> Result<Client, HandlerError> {
+    let bad_url = |e: &dyn std::fmt::Display| {
+        HandlerError::permanent(
+            reason::DUMP_FAILED,
+            format!("source {}: invalid mongodb url: {e}", source.name),
+        )
+    };
+    let mut opts = ClientOptions::parse(&source.url)
+        .await
+        .map_err(|e| bad_url(&e))?;
+    if let Some(password) = password {
+        let credential = opts.credential.as_mut().ok_or_else(|| {
+            bad_url(&"a password is configured but the url names no user (mongodb://user@host/)")
+        })?;
+        credential.password = Some(password.expose_secret().to_string());
+    }
+    opts.app_name = Some("ferry-dumper".into());
+    opts.server_selection_timeout = Some(options.connect_timeout);
+    opts.connect_timeout = Some(options.connect_timeout);
+    Client::with_options(opts).map_err(|e| bad_url(&e))
+}
+
+/// The databases to dump: the job's, the source's, or every one but the system ones.
+async fn databases(
+    client: &Client,
+    source: &SourceConfig,
+    requested: &[String],
+) -> Result<Vec<String>, HandlerError> {
+    if !requested.is_empty() {
+        return Ok(requested.to_vec());
+    }
+    if !source.databases.is_empty() {
+        return Ok(source.databases.clone());
+    }
+    let mut names = client
+        .list_database_names()
+        .authorized_databases(true)
+        .await
+        .map_err(|e| {
+            let mut err = errors::classify(&source.name, "listing databases", &e);
+            if err.reason() == reason::PERMISSION_DENIED {
+                err = HandlerError::permanent(
+                    reason::PERMISSION_DENIED,
+                    format!(
+                        "{}: not allowed to list databases ({e}); name them in the source's `databases` or grant listDatabases",
+                        source.name
+                    ),
+                );
+            }
+            err
+        })?;
+    names.retain(|n| !SYSTEM_DATABASES.contains(&n.as_str()));
+    names.sort();
+    Ok(names)
+}
+
+/// The server's `operationTime` now, or None on a server without cluster time (a
+/// standalone mongod).
+async fn operation_time(admin: &Database, source: &str) -> Result<Option<Timestamp>, HandlerError> {
+    let reply: Document = admin
+        .run_command(doc! { "ping": 1 })
+        .await
+        .map_err(|e| errors::classify(source, "reading the cluster time", &e))?;
+    Ok(reply.get_timestamp("operationTime").ok())
+}

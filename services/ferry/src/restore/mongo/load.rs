@@ -1,0 +1,199 @@
+//! Loading one collection: create it with its options, insert its documents in
+//! parallel unordered batches, build its indexes.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use ferry_storage::ObjectStore;
+use futures::{StreamExt, TryStreamExt};
+use mongodb::bson::{Bson, Document, RawDocumentBuf, doc};
+use mongodb::{Client, Database};
+use tokio::sync::mpsc;
+
+use super::{Item, MongoRestoreOptions};
+use crate::restore::{decompressed, fetch_verified};
+
+/// Bytes of documents per insert batch: large enough to amortise a round trip,
+/// small enough that `parallel_batches` of them stay a few tens of MiB.
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Documents per insert batch at most.
+const BATCH_DOCS: usize = 10_000;
+/// The largest document a .bson file may hold (16 MiB plus the server's slack).
+const MAX_DOCUMENT: usize = 16 * 1024 * 1024 + 16 * 1024;
+
+/// Creates, loads and indexes one collection; returns the documents inserted.
+#[allow(clippy::too_many_arguments)]
+pub async fn collection(
+    client: &Client,
+    store: &dyn ObjectStore,
+    item: &Item,
+    meta: &Document,
+    db_name: &str,
+    staging: &Path,
+    opts: &MongoRestoreOptions,
+    counter: Arc<AtomicU64>,
+) -> anyhow::Result<u64> {
+    let db = client.database(db_name);
+    prepare_target(&db, &item.name, opts.drop).await?;
+    let options = meta.get_document("options").cloned().unwrap_or_default();
+    let capped = options.get_bool("capped").unwrap_or(false);
+    let mut create = doc! { "create": &item.name };
+    create.extend(options);
+    db.run_command(create)
+        .await
+        .with_context(|| format!("creating {db_name}.{} with its options", item.name))?;
+
+    let mut inserted = 0;
+    if let Some(file) = &item.data {
+        let staged = tempfile::NamedTempFile::new_in(staging)?.into_temp_path();
+        fetch_verified(store, file, &staged).await?;
+        let reader = decompressed(&staged, &file.compression)?;
+        let (tx, rx) = mpsc::channel::<Vec<RawDocumentBuf>>(2);
+        let name = file.name.clone();
+        let reading = tokio::task::spawn_blocking(move || read_batches(reader, &name, tx));
+        let coll = db.collection::<RawDocumentBuf>(&item.name);
+        // A capped collection keeps insertion order: its batches go in order, one
+        // at a time. Every other collection takes them in parallel.
+        let in_flight = if capped {
+            1
+        } else {
+            opts.parallel_batches.max(1)
+        };
+        let batches = tokio_stream_from(rx);
+        inserted = batches
+            .map(|batch| {
+                let coll = coll.clone();
+                let counter = counter.clone();
+                async move {
+                    let n = batch.len() as u64;
+                    coll.insert_many(batch).ordered(capped).await?;
+                    counter.fetch_add(n, Ordering::Relaxed);
+                    Ok::<u64, mongodb::error::Error>(n)
+                }
+            })
+            .buffer_unordered(in_flight)
+            .try_fold(0u64, |sum, n| async move { Ok(sum + n) })
+            .await
+            .with_context(|| format!("inserting into {db_name}.{}", item.name))?;
+        reading.await??;
+    }
+
+    let indexes: Vec<Bson> = meta
+        .get_array("indexes")
+        .map(|a| a.to_vec())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| match i {
+            Bson::Document(mut d) if d.get_str("name") != Ok("_id_") => {
+                d.remove("ns");
+                Some(Bson::Document(d))
+            }
+            _ => None,
+        })
+        .collect();
+    if !indexes.is_empty() {
+        db.run_command(doc! { "createIndexes": &item.name, "indexes": indexes })
+            .await
+            .with_context(|| format!("building the indexes of {db_name}.{}", item.name))?;
+    }
+    Ok(inserted)
+}
+
+/// Creates a view (after every collection, which it may read from).
+pub async fn view(
+    client: &Client,
+    item: &Item,
+    meta: &Document,
+    db_name: &str,
+    drop: bool,
+) -> anyhow::Result<()> {
+    let db = client.database(db_name);
+    prepare_target(&db, &item.name, drop).await?;
+    let mut create = doc! { "create": &item.name };
+    create.extend(meta.get_document("options").cloned().unwrap_or_default());
+    db.run_command(create).await?;
+    Ok(())
+}
+
+/// An existing collection is replaced with `--drop`, and refused otherwise unless
+/// it is empty (then it is recreated with the backup's options).
+async fn prepare_target(db: &Database, name: &str, drop: bool) -> anyhow::Result<()> {
+    let existing = db
+        .list_collection_names()
+        .filter(doc! { "name": name })
+        .await?;
+    if existing.is_empty() {
+        return Ok(());
+    }
+    let coll = db.collection::<Document>(name);
+    if !drop && coll.estimated_document_count().await? > 0 {
+        anyhow::bail!(
+            "{}.{name} already exists in the target and holds documents: pass --drop to replace it, or restore under another name with --rename-db",
+            db.name()
+        );
+    }
+    coll.drop().await?;
+    Ok(())
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Splits a .bson stream into batches of whole documents, sent as they fill; the
+/// channel's bound keeps memory at a few batches whatever the file's size.
+fn read_batches(
+    mut reader: Box<dyn Read + Send>,
+    name: &str,
+    tx: mpsc::Sender<Vec<RawDocumentBuf>>,
+) -> anyhow::Result<()> {
+    let mut batch = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(doc) = next_document(&mut reader, name)? {
+        bytes += doc.as_bytes().len();
+        batch.push(doc);
+        if bytes >= BATCH_BYTES || batch.len() >= BATCH_DOCS {
+            if tx.blocking_send(std::mem::take(&mut batch)).is_err() {
+                return Ok(()); // the inserting side failed and reports why
+            }
+            bytes = 0;
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.blocking_send(batch);
+    }
+    Ok(())
+}
+
+/// The next document of a concatenated-BSON stream, or None at its clean end.
+pub fn next_document(reader: &mut dyn Read, name: &str) -> anyhow::Result<Option<RawDocumentBuf>> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = reader.read(&mut len[got..])?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            anyhow::bail!("{name} ends inside a document's length: the file is truncated");
+        }
+        got += n;
+    }
+    let size = i32::from_le_bytes(len);
+    if size < 5 || size as usize > MAX_DOCUMENT {
+        anyhow::bail!("{name} holds a document of invalid size {size}: the file is not BSON");
+    }
+    let mut bytes = vec![0u8; size as usize];
+    bytes[..4].copy_from_slice(&len);
+    reader
+        .read_exact(&mut bytes[4..])
+        .with_context(|| format!("{name} ends inside a document: the file is truncated"))?;
+    RawDocumentBuf::from_bytes(bytes)
+        .map(Some)
+        .with_context(|| format!("{name} holds an invalid document"))
+}

@@ -1,0 +1,315 @@
+//! The retention tests' world: a real NATS for the leases, a real store, and
+//! backups written the way the uploader writes them (objects first, manifest last).
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use ferry_retention::{Plan, Retention};
+use ferry_runtime::config::SourceConfig;
+use ferry_runtime::{Config, Runtime};
+use ferry_storage::layout::{
+    BACKUPS_PREFIX, OBJECTS_PREFIX, backup_id_of, manifest_key, object_key, source_prefix,
+};
+use ferry_storage::{Body, Manifest, ObjectMeta, ObjectStore, StorageError, get_bytes};
+use ferry_testkit::NatsServer;
+use sha2::{Digest, Sha256};
+
+/// The garbage-collection grace period of the tests.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// The store kinds every scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// A local directory.
+    Fs,
+}
+
+impl StoreKind {
+    pub fn all() -> Vec<StoreKind> {
+        vec![StoreKind::Fs]
+    }
+}
+
+pub struct Env {
+    _nats: NatsServer,
+    rt: Runtime,
+    pub store: Arc<dyn ObjectStore>,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// A NATS server, a store of `kind`, and a source `orders` with `policy`.
+    pub async fn start(kind: StoreKind, policy: &str) -> Env {
+        Self::start_with(kind, policy, "0s").await
+    }
+
+    /// `start`, with the worker's periodic sweep every `sweep_interval`.
+    pub async fn start_with(kind: StoreKind, policy: &str, sweep_interval: &str) -> Env {
+        let nats = NatsServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = match kind {
+            StoreKind::Fs => format!(
+                "kind = \"fs\"\npath = \"{}\"",
+                dir.path().join("store").display()
+            ),
+        };
+        let toml = format!(
+            r#"
+[nats]
+url = "{nats}"
+
+[spool]
+path = "{spool}"
+
+[storage]
+{storage}
+
+[http]
+listen = ""
+
+[dumper]
+# Short, so a killed run's leases expire quickly.
+lease_ttl = "3s"
+
+[retention]
+gc_grace = "{grace}s"
+sweep_interval = "{sweep_interval}"
+
+[[sources]]
+name = "orders"
+engine = "postgres"
+url = "postgres://backup@127.0.0.1:1/orders"
+timeout = "1s"
+retention = {policy}
+"#,
+            nats = nats.url(),
+            spool = dir.path().join("spool").display(),
+            grace = GRACE.as_secs(),
+        );
+        let config = Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let client = nats.client().await;
+        let rt = Runtime::with_client(config.clone(), client).await.unwrap();
+        let store = ferry_runtime::store::open(&config.storage).unwrap();
+        Env {
+            _nats: nats,
+            rt,
+            store,
+            _dir: dir,
+        }
+    }
+
+    /// The runtime the worker would run with.
+    pub fn runtime(&self) -> Runtime {
+        self.rt.clone()
+    }
+
+    pub fn source(&self, name: &str) -> SourceConfig {
+        self.rt.sources.get(name).expect("configured source")
+    }
+
+    pub async fn retention(&self, store: Arc<dyn ObjectStore>) -> Retention {
+        Retention::new(self.rt.clone(), store).await.unwrap()
+    }
+
+    /// What the planner says for `source` at `now` (the dry run).
+    pub async fn plan(&self, source: &str, now: DateTime<Utc>) -> Plan {
+        let backups = ferry_retention::catalog::load_backups(self.store.as_ref(), source)
+            .await
+            .unwrap();
+        let config = &self.rt.config;
+        let s = self.source(source);
+        ferry_retention::plan(
+            &backups,
+            config.retention.policy_for(&s),
+            chrono_tz::Tz::UTC,
+            now,
+        )
+    }
+
+    /// Backup `i` at `at`: an object every backup shares, one shared by the pair
+    /// `i / 2`, and one of its own.
+    pub async fn backup(&self, source: &str, at: DateTime<Utc>, i: usize) -> String {
+        let id = format!("{}-{:08x}", at.format("%Y%m%dT%H%M%SZ"), i);
+        let contents = [
+            b"shared by every backup".to_vec(),
+            format!("shared by pair {}", i / 2).into_bytes(),
+            format!("only in backup {i}").into_bytes(),
+        ];
+        let mut files = Vec::new();
+        for (n, content) in contents.iter().enumerate() {
+            let key = put_object(self.store.as_ref(), content).await;
+            files.push(serde_json::json!({
+                "name": format!("db/{n}.dat"),
+                "object": key,
+                "size": content.len(),
+                "sha256": hex::encode(Sha256::digest(content)),
+                "compression": "none",
+                "reused": false,
+            }));
+        }
+        let manifest = serde_json::json!({
+            "format": 1, "backup_id": id, "source": source, "engine": "postgres",
+            "job_id": format!("job-{i}"), "server_version": "15", "tool_version": "pg_dump 15",
+            "started_at": at, "completed_at": at, "databases": ["db"], "files": files,
+            "bytes_total": 0, "bytes_uploaded": 0, "bytes_reused": 0,
+        });
+        let m: Manifest = serde_json::from_value(manifest).expect("a valid manifest");
+        assert!(
+            self.store
+                .put_if_absent(&manifest_key(source, &id), m.to_json().into())
+                .await
+                .unwrap()
+        );
+        id
+    }
+
+    /// Waits out the grace period, so every object written so far is collectable.
+    pub async fn age_objects(&self) {
+        tokio::time::sleep(GRACE + Duration::from_millis(500)).await;
+    }
+
+    pub async fn put_object(&self, content: &[u8]) -> String {
+        put_object(self.store.as_ref(), content).await
+    }
+
+    /// The backup ids of `source`, sorted.
+    pub async fn backup_ids(&self, source: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .store
+            .list(&source_prefix(source))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| backup_id_of(source, &m.key))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Reads every object of every backup of `source` back and checks its size and
+    /// SHA-256 against the manifest: what a restore does before anything else.
+    pub async fn assert_restorable(&self, source: &str) {
+        for id in self.backup_ids(source).await {
+            let bytes = get_bytes(self.store.as_ref(), &manifest_key(source, &id))
+                .await
+                .unwrap();
+            let m = Manifest::from_json(&bytes).unwrap();
+            for f in &m.files {
+                let data = get_bytes(self.store.as_ref(), &f.object)
+                    .await
+                    .unwrap_or_else(|e| panic!("backup {id} lost {}: {e}", f.object));
+                assert_eq!(data.len() as u64, f.size, "{id}: {}", f.object);
+                assert_eq!(
+                    hex::encode(Sha256::digest(&data)),
+                    f.sha256,
+                    "{id}: {}",
+                    f.object
+                );
+            }
+        }
+    }
+
+    pub async fn object_count(&self) -> usize {
+        self.store.list(OBJECTS_PREFIX).await.unwrap().len()
+    }
+
+    /// Objects that no manifest of any source references.
+    pub async fn unreferenced_objects(&self) -> usize {
+        let mut referenced = HashSet::new();
+        for meta in self.store.list(BACKUPS_PREFIX).await.unwrap() {
+            if meta.key.ends_with(".json") {
+                let m =
+                    Manifest::from_json(&get_bytes(self.store.as_ref(), &meta.key).await.unwrap())
+                        .unwrap();
+                referenced.extend(m.files.into_iter().map(|f| f.object));
+            }
+        }
+        self.store
+            .list(OBJECTS_PREFIX)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|m| !referenced.contains(&m.key))
+            .count()
+    }
+}
+
+/// Pairs (`i / 2`) both of whose backups the plan deletes: their shared object goes.
+pub fn pairs_fully_deleted(plan: &Plan) -> usize {
+    let kept: HashSet<usize> = plan.keep.iter().map(|d| index_of(&d.id) / 2).collect();
+    let deleted: HashSet<usize> = plan.delete.iter().map(|d| index_of(&d.id) / 2).collect();
+    deleted.difference(&kept).count()
+}
+
+fn index_of(id: &str) -> usize {
+    usize::from_str_radix(id.rsplit('-').next().unwrap(), 16).unwrap()
+}
+
+/// Stores `content` content-addressed and returns its key.
+pub async fn put_object(store: &dyn ObjectStore, content: &[u8]) -> String {
+    let key = object_key(&hex::encode(Sha256::digest(content)));
+    let body: Body = Box::new(std::io::Cursor::new(content.to_vec()));
+    store.put(&key, body).await.unwrap();
+    key
+}
+
+type Hook =
+    Arc<dyn Fn(&'static str, String) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// The real store with a hook before each delete: the hook can act (upload
+/// something, as a racing uploader would) or never return (a killed process).
+pub struct Wrapped {
+    inner: Arc<dyn ObjectStore>,
+    hook: Hook,
+}
+
+impl std::fmt::Debug for Wrapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Wrapped({})", self.inner.describe())
+    }
+}
+
+impl Wrapped {
+    pub fn around<F, Fut>(inner: Arc<dyn ObjectStore>, hook: F) -> Arc<dyn ObjectStore>
+    where
+        F: Fn(&'static str, String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Arc::new(Wrapped {
+            inner,
+            hook: Arc::new(move |op, key| Box::pin(hook(op, key))),
+        })
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Wrapped {
+    async fn put(&self, key: &str, body: Body) -> Result<u64, StorageError> {
+        self.inner.put(key, body).await
+    }
+    async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<bool, StorageError> {
+        self.inner.put_if_absent(key, bytes).await
+    }
+    async fn get(&self, key: &str) -> Result<Body, StorageError> {
+        self.inner.get(key).await
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        (self.hook)("delete", key.to_string()).await;
+        self.inner.delete(key).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
