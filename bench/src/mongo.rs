@@ -150,6 +150,7 @@ pub async fn child(url: String, db: String, out: PathBuf, parallel: usize) -> an
         bytes_reused: 0,
         trace_id: None,
         mongodb: None,
+        postgres: None,
     };
     std::fs::write(out.join("manifest.json"), manifest.to_json())?;
     Ok(())

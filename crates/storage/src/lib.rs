@@ -11,6 +11,7 @@ mod fs;
 pub mod layout;
 pub mod manifest;
 pub mod manifest_mongo;
+pub mod postgres_manifest;
 pub mod spool;
 
 use std::fmt;
