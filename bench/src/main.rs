@@ -6,6 +6,9 @@
 //!
 //! `ferry-bench upload [--server moto|garage] [--mib 256]` needs
 //! `scripts/test-services up` and `eval "$(scripts/test-services env)"`.
+//! `ferry-bench pg-dump [--big-gb 2] [--small-gb 0.5]` needs the test PostgreSQL
+//! (`FERRY_TEST_PG_URL`), builds its databases once and compares Ferry's dumper
+//! with `pg_dump | zstd` and `pg_dump -Fc`.
 //!
 //! `ferry-bench mongo-dump [--gb 0.25 --gb 1]` needs the MongoDB test server and the
 //! test venv's Python (pymongo) for the baseline.
@@ -14,6 +17,7 @@
 //! million small objects of the default size).
 
 mod mongo;
+mod pg_dump;
 mod retention;
 mod scheduler;
 mod upload;
@@ -46,6 +50,32 @@ enum Bench {
         /// Files of the simulated dump (together `mib`).
         #[arg(long, default_value_t = 8)]
         files: usize,
+    },
+    /// Ferry's PostgreSQL dumper against `pg_dump | zstd` and `pg_dump -Fc`.
+    PgDump {
+        /// Size of the big database, in GB.
+        #[arg(long, default_value_t = 2.0)]
+        big_gb: f64,
+        /// Size of the small database (memory flatness), in GB.
+        #[arg(long, default_value_t = 0.5)]
+        small_gb: f64,
+        /// Ferry's zstd level (the baseline uses zstd -1).
+        #[arg(long, default_value_t = 1)]
+        level: i32,
+    },
+    /// Internal: one measured run of Ferry's dumper (spawned by `pg-dump`).
+    #[command(hide = true)]
+    PgDumpChild {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        password_file: std::path::PathBuf,
+        #[arg(long)]
+        pg_bin_dir: std::path::PathBuf,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[arg(long)]
+        level: i32,
     },
     /// MongoDB dump: Ferry vs pymongo raw batches into `zstd -1`; restore rate.
     MongoDump {
@@ -99,6 +129,18 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Scheduler { sources } => scheduler::run(sources).await,
         Bench::Upload { server, mib, files } => upload::run(&server, mib, files).await,
+        Bench::PgDump {
+            big_gb,
+            small_gb,
+            level,
+        } => pg_dump::run(big_gb, small_gb, level).await,
+        Bench::PgDumpChild {
+            url,
+            password_file,
+            pg_bin_dir,
+            out,
+            level,
+        } => pg_dump::child(&url, &password_file, pg_bin_dir, out, level).await,
         Bench::MongoDump {
             url,
             sizes,

@@ -48,3 +48,7 @@ pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
 pub const INTERNAL: &str = "internal";
 /// A notification channel could not be reached or refused the message.
 pub const NOTIFICATION_FAILED: &str = "notification_failed";
+/// The only dump tool found is older than the database server.
+pub const DUMP_TOOL_TOO_OLD: &str = "dump_tool_too_old";
+/// The spool's disk is full.
+pub const SPOOL_FULL: &str = "spool_full";

@@ -13,6 +13,7 @@ mod fs_multipart;
 pub mod layout;
 pub mod manifest;
 pub mod manifest_mongo;
+pub mod postgres_manifest;
 pub mod retry;
 mod s3;
 mod s3_error;

@@ -40,6 +40,9 @@ pub struct Manifest {
     /// The job's trace id, to find it in a tracing UI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// What a PostgreSQL dump recorded (versions, sizes, row estimates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<crate::postgres_manifest::PostgresManifest>,
     /// What a MongoDB dump captured: its point in time and counts per collection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mongodb: Option<crate::MongoManifest>,

@@ -102,14 +102,17 @@ impl TestDatabase {
         self.cluster.connect(&self.name).await
     }
 
-    /// A checksum of every row of every user table, keyed by `schema.table`, for
+    /// A checksum of every row of every user table and materialized view, keyed
+    /// by `schema.table`, plus every sequence's state and every large object, for
     /// comparing a restore with its source.
     pub async fn table_checksums(&self) -> Vec<(String, i64, String)> {
         let client = self.connect().await;
         let tables = client
             .query(
                 "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables \
-                 WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+                 WHERE schemaname NOT IN ('pg_catalog', 'information_schema') \
+                 UNION ALL SELECT format('%I.%I', schemaname, matviewname) FROM pg_matviews \
+                 ORDER BY 1",
                 &[],
             )
             .await
@@ -117,10 +120,12 @@ impl TestDatabase {
         let mut out = Vec::new();
         for row in tables {
             let table: String = row.get(0);
+            // Per-row md5 first, so a huge row costs one hash, not a huge aggregate.
             let sums = client
                 .query_one(
                     &format!(
-                        "SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') FROM {table} t"
+                        "SELECT count(*), coalesce(md5(string_agg(h, E'\\n' ORDER BY h)), '') \
+                         FROM (SELECT md5(t::text) AS h FROM {table} t) s"
                     ),
                     &[],
                 )
@@ -128,6 +133,45 @@ impl TestDatabase {
                 .expect("checksum table");
             out.push((table, sums.get(0), sums.get(1)));
         }
+        let extra = [
+            (
+                "(sequences)",
+                "SELECT count(*), coalesce(md5(string_agg(format('%I.%I=%s/%s', schemaname, sequencename, last_value, increment_by), ',' ORDER BY schemaname, sequencename)), '') FROM pg_sequences",
+            ),
+            (
+                "(large objects)",
+                "SELECT count(*), coalesce(md5(string_agg(oid::text || ':' || md5(lo_get(oid)), ',' ORDER BY oid)), '') FROM pg_largeobject_metadata",
+            ),
+        ];
+        for (name, sql) in extra {
+            let sums = client.query_one(sql, &[]).await.expect(name);
+            out.push((name.to_string(), sums.get(0), sums.get(1)));
+        }
         out
+    }
+
+    /// `pg_dump --schema-only` of this database, with the database's name and
+    /// pg_dump's per-run random `\restrict` keys replaced, so two databases with
+    /// the same schema give the same text.
+    pub async fn schema_dump(&self) -> String {
+        let out = tokio::process::Command::new(self.cluster.bin_dir.join("pg_dump"))
+            .arg("--schema-only")
+            .arg("--dbname")
+            .arg(self.cluster.url(&self.name))
+            .output()
+            .await
+            .expect("run pg_dump --schema-only");
+        assert!(
+            out.status.success(),
+            "pg_dump --schema-only: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8 schema")
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+            .map(|l| l.replace(&self.name, "<database>"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }

@@ -105,9 +105,49 @@ pub struct DumpCompleted {
     /// The job's deadline, carried on so the uploader stops at it too.
     #[prost(message, optional, tag = "13")]
     pub deadline: ::core::option::Option<::prost_types::Timestamp>,
+    /// What a PostgreSQL dump recorded (engine postgres only).
+    #[prost(message, optional, tag = "20")]
+    pub postgres: ::core::option::Option<PostgresDetails>,
     /// What a MongoDB dump captured (unset for other engines).
     #[prost(message, optional, tag = "21")]
     pub mongodb: ::core::option::Option<MongoDetails>,
+}
+/// What a PostgreSQL dump recorded, so restores can be verified and reported.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PostgresDetails {
+    /// The server's version, e.g. "15.19".
+    #[prost(string, tag = "1")]
+    pub server_version: ::prost::alloc::string::String,
+    /// The pg_dump used, e.g. "pg_dump (PostgreSQL) 15.19".
+    #[prost(string, tag = "2")]
+    pub pg_dump_version: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "3")]
+    pub databases: ::prost::alloc::vec::Vec<PostgresDatabase>,
+    /// Whether the backup holds `globals.sql` (roles and tablespaces).
+    #[prost(bool, tag = "4")]
+    pub globals: bool,
+}
+/// One dumped database.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PostgresDatabase {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// pg_database_size() when the dump started.
+    #[prost(uint64, tag = "2")]
+    pub size_bytes: u64,
+    #[prost(message, repeated, tag = "3")]
+    pub tables: ::prost::alloc::vec::Vec<PostgresTable>,
+}
+/// One table of a dumped database.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PostgresTable {
+    #[prost(string, tag = "1")]
+    pub schema: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// The planner's row estimate (pg_class.reltuples; 0 when never analysed).
+    #[prost(uint64, tag = "3")]
+    pub rows_estimate: u64,
 }
 /// A MongoDB cluster time (a BSON Timestamp): seconds and an increment.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]

@@ -7,7 +7,7 @@
 
 pub mod mongo;
 pub mod output;
-mod postgres;
+pub mod postgres;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,13 +15,18 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use ferry_proto::subjects::{self, EventKind};
-use ferry_proto::v1::{DumpCompleted, DumpFile, Engine, JobRequested, SpoolLocation, Stage};
+use ferry_proto::v1::{
+    DumpCompleted, DumpFile, Engine, JobRequested, PostgresDetails, SpoolLocation, Stage,
+};
 use ferry_proto::{Message, reason};
-use ferry_runtime::config::{EngineKind, OverlapPolicy, SourceConfig};
+use ferry_runtime::config::{
+    CompressionKind, DumperConfig, EngineKind, OverlapPolicy, SourceConfig,
+};
 use ferry_runtime::lease;
 use ferry_runtime::secrets::{SecretSource, read_secret};
 use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
 use ferry_storage::spool::{DirSpool, hash_file, list_files};
+use output::{Compression, JobOutput};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +64,10 @@ impl Dumper {
             )
         })?;
         let node = spool_node(&rt);
-        let pg = PgTools::new(rt.config.dumper.pg_bin_dir.clone());
+        let pg = PgTools::new(
+            rt.config.dumper.pg_bin_dir.clone(),
+            rt.config.dumper.pg_jobs,
+        );
         let done = rt
             .jetstream
             .get_key_value(subjects::JOBS_DONE_BUCKET)
@@ -254,10 +262,7 @@ impl Dumper {
         }
         let job = job.clone();
         let spool_err = |e: std::io::Error| {
-            HandlerError::retryable(
-                reason::SPOOL_ERROR,
-                format!("spool {}: {e}", self.spool.root().display()),
-            )
+            postgres::spool_io(&format!("spool {}", self.spool.root().display()), &e)
         };
         let job_dir = self.spool.job_dir(&job.job_id).map_err(spool_err)?;
         // A directory without a marker is what a crashed attempt left: start over.
@@ -278,20 +283,23 @@ impl Dumper {
             }
         }
         .await;
+        // Whatever happened, the uncompressed staging area is gone now.
+        let _ = tokio::fs::remove_dir_all(job_dir.join(postgres::STAGING_DIR)).await;
         let EngineDump {
             server_version,
             tool_version,
             databases,
             files: listed,
             mongodb,
+            postgres,
         } = match dump {
             Ok(v) => v,
             Err(e) => {
+                // No half-written dump stays behind: the spool is cleaned.
                 let _ = tokio::fs::remove_dir_all(&job_dir).await;
                 return Err(e);
             }
         };
-
         let mut files = listed.unwrap_or_default();
         let names = if files.is_empty() {
             list_files(&job_dir).map_err(spool_err)?
@@ -332,6 +340,7 @@ impl Dumper {
             duration_ms: clock.elapsed().as_millis() as u64,
             databases,
             deadline: job.deadline,
+            postgres,
             mongodb,
         };
         ferry_runtime::metrics::count_bytes(
@@ -369,30 +378,37 @@ impl Dumper {
         job_dir: &std::path::Path,
     ) -> Result<EngineDump, HandlerError> {
         let password = password_of(source)?;
+        let announcer = output::Announcer::new(
+            self.rt.publisher.clone(),
+            job,
+            SpoolLocation {
+                node: self.node.clone(),
+                path: job_dir.display().to_string(),
+            },
+        );
         match source.engine {
             EngineKind::Postgres => {
-                let (server_version, tool_version, databases) = self
+                let out = JobOutput::new(
+                    job_dir.to_path_buf(),
+                    compression_of(&self.rt.config.dumper),
+                    Some(announcer),
+                );
+                let staging = job_dir.join(postgres::STAGING_DIR);
+                let dump = self
                     .pg
-                    .dump(source, password.as_ref(), &job.databases, job_dir)
+                    .dump(source, password.as_ref(), &job.databases, &out, &staging)
                     .await?;
                 Ok(EngineDump {
-                    server_version,
-                    tool_version,
-                    databases,
-                    files: None,
+                    server_version: dump.details.server_version.clone(),
+                    tool_version: dump.details.pg_dump_version.clone(),
+                    databases: dump.databases,
+                    files: Some(out.files()),
                     mongodb: None,
+                    postgres: Some(dump.details),
                 })
             }
             EngineKind::Mongodb => {
                 let config = &self.rt.config.dumper;
-                let announcer = output::Announcer::new(
-                    self.rt.publisher.clone(),
-                    job,
-                    SpoolLocation {
-                        node: self.node.clone(),
-                        path: job_dir.display().to_string(),
-                    },
-                );
                 let out = output::JobOutput::new(
                     job_dir.to_path_buf(),
                     output::Compression::Zstd {
@@ -412,9 +428,23 @@ impl Dumper {
                     databases: dump.databases,
                     files: Some(dump.files),
                     mongodb: Some(dump.details),
+                    postgres: None,
                 })
             }
         }
+    }
+}
+
+/// The configured compression of PostgreSQL dump files.
+fn compression_of(config: &DumperConfig) -> Compression {
+    match config.compression {
+        CompressionKind::Zstd => Compression::Zstd {
+            level: config.compression_level.unwrap_or(3),
+        },
+        CompressionKind::Gzip => Compression::Gzip {
+            level: config.compression_level.unwrap_or(6).clamp(0, 9) as u32,
+        },
+        CompressionKind::None => Compression::None,
     }
 }
 
@@ -426,6 +456,7 @@ struct EngineDump {
     /// The files, when the engine listed them (else the job directory is listed).
     files: Option<Vec<DumpFile>>,
     mongodb: Option<ferry_proto::v1::MongoDetails>,
+    postgres: Option<PostgresDetails>,
 }
 
 fn completed_event(done: &DumpCompleted) -> Outgoing {

@@ -24,6 +24,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run every worker in this process.
@@ -83,7 +85,8 @@ enum Command {
         #[arg(long)]
         remove: bool,
     },
-    /// Fetch a backup into a directory in the standard tools' layout.
+    /// Restore a backup into a PostgreSQL or MongoDB server (--to), or fetch it into a
+    /// directory in the standard tools' layout (--to-dir).
     Restore {
         /// The source.
         #[arg(long)]
@@ -96,7 +99,8 @@ enum Command {
         /// `mongorestore --dir`).
         #[arg(long, conflicts_with = "to")]
         to_dir: Option<PathBuf>,
-        /// A MongoDB server to restore into: `mongodb://user@host:27017/`.
+        /// The server to restore into: `postgres://user@host/orders_copy` (password:
+        /// PGPASSWORD or ~/.pgpass) or `mongodb://user@host:27017/`.
         #[arg(long, required_unless_present = "to_dir")]
         to: Option<String>,
         /// A file holding the password of the user in --to.
@@ -114,6 +118,22 @@ enum Command {
         /// Collections restored at once.
         #[arg(long, default_value_t = 4)]
         parallel: usize,
+        /// Which database of the backup, when it holds several.
+        #[arg(long, requires = "to")]
+        database: Option<String>,
+        /// Create the target database first.
+        #[arg(long, requires = "to")]
+        create: bool,
+        /// Restore only this table, schema.name.
+        #[arg(long, requires = "to")]
+        table: Option<String>,
+        /// Tables pg_restore loads in parallel (default: this machine's cores).
+        #[arg(short = 'j', long, requires = "to")]
+        jobs: Option<usize>,
+        /// Where the verified, decompressed archive is staged (default: the
+        /// system's temp directory).
+        #[arg(long, requires = "to")]
+        work_dir: Option<PathBuf>,
     },
 }
 
@@ -260,6 +280,28 @@ async fn main() -> ExitCode {
             to_dir: Some(to_dir),
             ..
         } => restore_to_dir(&config, &source, &backup, &to_dir).await,
+        Command::Restore {
+            source,
+            backup,
+            to: Some(to),
+            database,
+            create,
+            table,
+            jobs,
+            work_dir,
+            ..
+        } if to.starts_with("postgres://") || to.starts_with("postgresql://") => {
+            let opts = ferry::restore::postgres::PgRestore {
+                to,
+                database,
+                create,
+                table,
+                jobs,
+                work_dir,
+                pg_bin_dir: config.dumper.pg_bin_dir.clone(),
+            };
+            restore_to_postgres(&config, &source, &backup, &opts).await
+        }
         Command::Restore {
             source,
             backup,
@@ -431,6 +473,23 @@ async fn restore_to_dir(
     Ok(ExitCode::SUCCESS)
 }
 
+async fn restore_to_postgres(
+    config: &ferry_runtime::Config,
+    source: &str,
+    backup: &str,
+    opts: &ferry::restore::postgres::PgRestore,
+) -> anyhow::Result<ExitCode> {
+    let store = ferry_runtime::store::open(&config.storage)?;
+    let manifest = ferry::restore::find_backup(store.as_ref(), source, backup).await?;
+    ferry::restore::postgres::restore(store.as_ref(), &manifest, opts).await?;
+    eprintln!(
+        "restored backup {} of {source} into {} (every SHA-256 checked)",
+        manifest.backup_id,
+        redact(&opts.to)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn mongo_restore_options(
     to: String,
     password_file: Option<PathBuf>,
@@ -480,6 +539,17 @@ async fn restore_to_server(
         manifest.backup_id, source, report.collections, report.documents, report.oplog_applied
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "(the target)".into(),
+    }
 }
 
 async fn status(config: ferry_runtime::Config, json: bool) -> anyhow::Result<ExitCode> {

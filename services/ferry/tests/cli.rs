@@ -538,6 +538,7 @@ async fn restore_to_a_mongodb_server_with_rename_and_drop() {
         bytes_reused: 0,
         trace_id: None,
         mongodb: None,
+        postgres: None,
     };
     store
         .put(

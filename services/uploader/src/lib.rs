@@ -299,6 +299,7 @@ impl Uploader {
             bytes_uploaded: bytes_total - bytes_reused,
             bytes_reused,
             trace_id: ferry_telemetry::current_trace_id(),
+            postgres: dump.postgres.as_ref().map(Into::into),
             mongodb: dump.mongodb.as_ref().map(details::mongo_manifest),
         };
         // The commit point: written last, and only if no earlier attempt wrote it.

@@ -170,9 +170,26 @@ pub struct SourceConfig {
     /// File holding the password (a Docker or Kubernetes secret).
     pub password_file: Option<PathBuf>,
     /// Databases to back up; empty means the one in the URL (PostgreSQL) or every
-    /// database but `admin`, `local` and `config` (MongoDB).
+    /// database but `admin`, `local` and `config` (MongoDB); `["*"]` (PostgreSQL)
+    /// means every database on the server except templates.
     #[serde(default)]
     pub databases: Vec<String>,
+    /// PostgreSQL: also dump roles and tablespaces (`pg_dumpall --globals-only`)
+    /// into `globals.sql`.
+    #[serde(default)]
+    pub globals: bool,
+    /// PostgreSQL: dump only these schemas (pg_dump `--schema` patterns).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include_schemas: Vec<String>,
+    /// PostgreSQL: skip these schemas (pg_dump `--exclude-schema` patterns).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_schemas: Vec<String>,
+    /// PostgreSQL: dump only these tables, `schema.table` (pg_dump `--table`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include_tables: Vec<String>,
+    /// PostgreSQL: skip these tables, `schema.table` (pg_dump `--exclude-table`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_tables: Vec<String>,
     /// MongoDB: only these collections, as `db.collection` or `db.*`; empty means all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub collections: Vec<String>,
@@ -313,8 +330,15 @@ impl Default for SchedulerConfig {
 pub struct DumperConfig {
     /// Jobs this process dumps at once.
     pub concurrency: usize,
-    /// Directory holding `pg_dump`; default: found on PATH.
+    /// Directory holding `pg_dump`; searched before the standard install paths
+    /// (/usr/lib/postgresql/*/bin, /usr/pgsql-*/bin, Homebrew) and PATH.
     pub pg_bin_dir: Option<PathBuf>,
+    /// Tables `pg_dump` dumps in parallel (`-j`); default: this machine's cores.
+    pub pg_jobs: Option<usize>,
+    /// How dump files are compressed in the spool: `zstd` (default), `gzip` or `none`.
+    pub compression: CompressionKind,
+    /// The compression level; default 3 for zstd (1-22), 6 for gzip (0-9).
+    pub compression_level: Option<i32>,
     /// How long a source's lease lives without renewal (renewed every third of it
     /// while the job runs). Set when the lease bucket is first created.
     #[serde(with = "humantime_serde")]
@@ -330,11 +354,27 @@ impl Default for DumperConfig {
         DumperConfig {
             concurrency: 2,
             pg_bin_dir: None,
+            pg_jobs: None,
+            compression: CompressionKind::Zstd,
+            compression_level: None,
             lease_ttl: Duration::from_secs(60),
             mongo_parallel_collections: 4,
             mongo_zstd_level: 1,
         }
     }
+}
+
+/// `dumper.compression`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionKind {
+    /// zstd: fast, and smaller than gzip.
+    #[default]
+    Zstd,
+    /// gzip, for tools that read nothing else.
+    Gzip,
+    /// Files stored as the dump tool wrote them.
+    None,
 }
 
 /// `[uploader]`

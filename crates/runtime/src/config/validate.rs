@@ -190,6 +190,19 @@ impl Config {
         if self.dumper.concurrency == 0 {
             bad("dumper.concurrency".into(), "0", "at least 1");
         }
+        if self.dumper.pg_jobs == Some(0) {
+            bad("dumper.pg_jobs".into(), "0", "at least 1");
+        }
+        if let Some(level) = self.dumper.compression_level {
+            let (ok, range) = match self.dumper.compression {
+                super::CompressionKind::Zstd => ((1..=22).contains(&level), "1 to 22 for zstd"),
+                super::CompressionKind::Gzip => ((0..=9).contains(&level), "0 to 9 for gzip"),
+                super::CompressionKind::None => (true, ""),
+            };
+            if !ok {
+                bad("dumper.compression_level".into(), &level.to_string(), range);
+            }
+        }
         if self.dumper.mongo_parallel_collections == 0 {
             bad(
                 "dumper.mongo_parallel_collections".into(),
@@ -367,6 +380,13 @@ impl super::SourceConfig {
         }
         if s.timeout.is_zero() {
             bad(key("timeout"), "0s", "a positive duration such as 2h");
+        }
+        if s.databases.len() > 1 && s.databases.iter().any(|d| d == "*") {
+            bad(
+                key("databases"),
+                &s.databases.join(","),
+                "either [\"*\"] (every database) or a list of names, not both",
+            );
         }
         for (field, value, expected) in s.retention.problems() {
             bad(key(&format!("retention.{field}")), &value, expected);

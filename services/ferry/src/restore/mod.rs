@@ -1,17 +1,22 @@
 //! Fetching a backup out of the store. `ferry restore --to-dir` leaves the standard
 //! tool's layout (a pg_dump directory archive per database; mongodump's layout for
 //! MongoDB), every file checked against its SHA-256 on the way; `ferry restore --to`
-//! loads a MongoDB backup into a server ([`mongo`]).
+//! loads a backup into a server: PostgreSQL with pg_restore ([`postgres`]),
+//! MongoDB ([`mongo`]).
 
 pub mod mongo;
+pub mod postgres;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use ferry_storage::layout::manifest_key;
 use ferry_storage::{Manifest, ManifestFile, ObjectStore, get_bytes};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 /// Resolves `latest` or an id to a manifest.
 pub async fn find_backup(
@@ -147,4 +152,137 @@ pub async fn fetch_to_dir(
         .await??;
     }
     Ok(total)
+}
+
+/// Reports bytes fetched (compressed, as stored) and files finished.
+pub trait Progress: Send + Sync {
+    /// `n` more bytes were read from the store.
+    fn bytes(&self, n: u64);
+    /// One more file is complete.
+    fn file_done(&self);
+}
+
+/// No progress reporting.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn bytes(&self, _: u64) {}
+    fn file_done(&self) {}
+}
+
+/// [`fetch_to_dir`] for some of the files, reporting progress.
+pub async fn fetch_files<'a>(
+    store: &dyn ObjectStore,
+    files: impl IntoIterator<Item = &'a ManifestFile>,
+    dir: &Path,
+    progress: Arc<dyn Progress>,
+) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for file in files {
+        total += fetch_file(store, file, dir, progress.clone()).await?;
+        progress.file_done();
+    }
+    Ok(total)
+}
+
+async fn fetch_file(
+    store: &dyn ObjectStore,
+    file: &ManifestFile,
+    dir: &Path,
+    progress: Arc<dyn Progress>,
+) -> anyhow::Result<u64> {
+    let path = local_path(dir, restored_name(file))?;
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    let body = store.get(&file.object).await?;
+    let digest = Arc::new(Mutex::new((Sha256::new(), 0u64)));
+    let reader = Hashing {
+        inner: body,
+        digest: digest.clone(),
+        progress,
+    };
+    let compression = file.compression.clone();
+    let out_path = path.clone();
+    let decoded = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let input = tokio_util::io::SyncIoBridge::new(reader);
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&out_path)?);
+        decompress(&compression, input, &mut out)?;
+        out.flush()?;
+        Ok(())
+    })
+    .await?;
+    let (hasher, size) = {
+        let guard = digest.lock().expect("digest lock");
+        (guard.0.clone(), guard.1)
+    };
+    let sha = hex::encode(hasher.finalize());
+    if sha != file.sha256 || size != file.size {
+        let _ = tokio::fs::remove_file(&path).await;
+        anyhow::bail!(
+            "{} (object {}) is corrupt: expected {} bytes with SHA-256 {}, got {size} bytes with {sha}",
+            file.name,
+            file.object,
+            file.size,
+            file.sha256
+        );
+    }
+    decoded.map_err(|e| anyhow::anyhow!("decompressing {}: {e:#}", file.name))?;
+    Ok(size)
+}
+
+/// Streams `input` through the decoder named by `compression` into `out`; gzip
+/// files stay compressed, as [`restored_name`] says (pg_restore reads `.gz`).
+fn decompress(compression: &str, input: impl Read, out: &mut impl Write) -> anyhow::Result<()> {
+    match compression {
+        "zstd" => {
+            std::io::copy(&mut zstd::stream::read::Decoder::new(input)?, out)?;
+        }
+        "gzip" | "none" | "" => {
+            let mut input = input;
+            std::io::copy(&mut input, out)?;
+        }
+        other => anyhow::bail!("unknown compression {other:?}: upgrade Ferry"),
+    }
+    Ok(())
+}
+
+/// Hashes and counts what the store sends, before decompression: the checksum is
+/// of the bytes as stored.
+struct Hashing {
+    inner: ferry_storage::Body,
+    digest: Arc<Mutex<(Sha256, u64)>>,
+    progress: Arc<dyn Progress>,
+}
+
+impl AsyncRead for Hashing {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &poll {
+            let new = &buf.filled()[before..];
+            let mut d = self.digest.lock().expect("digest lock");
+            d.0.update(new);
+            d.1 += new.len() as u64;
+            self.progress.bytes(new.len() as u64);
+        }
+        poll
+    }
+}
+
+/// A scratch directory for a fetched archive, removed when dropped.
+pub fn scratch_dir(under: Option<&Path>) -> anyhow::Result<tempfile::TempDir> {
+    let dir = match under {
+        Some(dir) => tempfile::Builder::new()
+            .prefix("ferry-restore-")
+            .tempdir_in(dir)?,
+        None => tempfile::Builder::new()
+            .prefix("ferry-restore-")
+            .tempdir()?,
+    };
+    Ok(dir)
 }
