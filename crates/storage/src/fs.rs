@@ -172,10 +172,13 @@ impl ObjectStore for FsStore {
                 if key == TMP_DIR {
                     continue;
                 }
-                let meta = entry
-                    .metadata()
-                    .await
-                    .map_err(|e| StorageError::io("list", prefix, e))?;
+                let meta = match entry.metadata().await {
+                    Ok(meta) => meta,
+                    // Deleted between reading the directory and looking at the
+                    // entry (retention runs while others list): not there any more.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StorageError::io("list", prefix, e)),
+                };
                 if meta.is_dir() {
                     if key.starts_with(prefix) || prefix.starts_with(&format!("{key}/")) {
                         stack.push(path);

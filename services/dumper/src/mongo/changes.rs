@@ -14,6 +14,7 @@
 
 use std::collections::BTreeSet;
 use std::time::Duration;
+use tracing::Instrument;
 
 use ferry_proto::reason;
 use ferry_proto::v1::DumpFile;
@@ -122,13 +123,17 @@ impl Capture {
             .await
             .map_err(|e| errors::spool(source, OPLOG_FILE, &e))?;
         let (end, end_rx) = watch::channel(None);
-        let task = tokio::spawn(run(
-            stream,
-            BufWriter::with_capacity(256 * 1024, file),
-            end_rx,
-            filter.clone(),
-            source.to_string(),
-        ));
+        // In the job's span, so the oplog file's DumpFileReady carries the job's trace.
+        let task = tokio::spawn(
+            run(
+                stream,
+                BufWriter::with_capacity(256 * 1024, file),
+                end_rx,
+                filter.clone(),
+                source.to_string(),
+            )
+            .in_current_span(),
+        );
         Ok(Some(Capture {
             end,
             task: Some(task),

@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use ferry_proto::reason;
 use ferry_runtime::HandlerError;
@@ -176,13 +177,17 @@ pub async fn pg_dump(spec: DumpSpec<'_>, out: &JobOutput) -> Result<(), HandlerE
         let out = out.clone();
         let limit = limit.clone();
         let stored = format!("{}/{name}", spec.prefix);
-        ingests.spawn(async move {
-            let _permit = limit.acquire_owned().await.expect("never closed");
-            out.ingest(&stored, &path)
-                .await
-                .map(|_| ())
-                .map_err(|e| spool_io(&format!("writing {stored} into the spool"), &e))
-        });
+        // In the job's span, so each file's DumpFileReady carries the job's trace.
+        ingests.spawn(
+            async move {
+                let _permit = limit.acquire_owned().await.expect("never closed");
+                out.ingest(&stored, &path)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| spool_io(&format!("writing {stored} into the spool"), &e))
+            }
+            .in_current_span(),
+        );
     };
 
     let status = loop {

@@ -17,7 +17,7 @@ use ferry_storage::layout::{
     BACKUPS_PREFIX, OBJECTS_PREFIX, backup_id_of, manifest_key, object_key, source_prefix,
 };
 use ferry_storage::{Body, Manifest, ObjectMeta, ObjectStore, StorageError, get_bytes};
-use ferry_testkit::NatsServer;
+use ferry_testkit::{NatsServer, S3Server};
 use sha2::{Digest, Sha256};
 
 /// The garbage-collection grace period of the tests.
@@ -28,12 +28,30 @@ const GRACE: Duration = Duration::from_secs(2);
 pub enum StoreKind {
     /// A local directory.
     Fs,
+    /// moto, the S3 emulator of the test services.
+    Moto,
+    /// Garage, a real S3-compatible object store, from the test services.
+    Garage,
 }
 
 impl StoreKind {
     pub fn all() -> Vec<StoreKind> {
-        vec![StoreKind::Fs]
+        vec![StoreKind::Fs, StoreKind::Moto, StoreKind::Garage]
     }
+}
+
+/// The `[storage]` keys of an S3 server, under a prefix of its own per test.
+fn s3_storage(server: &S3Server, dir: &std::path::Path) -> String {
+    let (id, secret) = server.write_key_files(dir);
+    format!(
+        "kind = \"s3\"\nbucket = \"{}\"\nprefix = \"{}\"\nendpoint = \"{}\"\nregion = \"{}\"\nforce_path_style = true\naccess_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"",
+        server.bucket,
+        ferry_testkit::unique_name("retention"),
+        server.endpoint,
+        server.region,
+        id.display(),
+        secret.display()
+    )
 }
 
 pub struct Env {
@@ -58,6 +76,8 @@ impl Env {
                 "kind = \"fs\"\npath = \"{}\"",
                 dir.path().join("store").display()
             ),
+            StoreKind::Moto => s3_storage(&S3Server::moto().await, dir.path()),
+            StoreKind::Garage => s3_storage(&S3Server::garage().await, dir.path()),
         };
         let toml = format!(
             r#"
