@@ -276,10 +276,15 @@ password_file = "{pw}"
     assert!(http_get(http_port, "/healthz").starts_with("HTTP/1.1 200"));
     assert!(http_get(http_port, "/readyz").starts_with("HTTP/1.1 200"));
     let metrics = http_get(http_port, "/metrics");
-    assert!(
-        metrics.contains(r#"ferry_messages_handled_total{stage="uploader",outcome="succeeded"} 1"#),
-        "{metrics}"
-    );
+    // The uploader handled the job's DumpCompleted (and each file's DumpFileReady).
+    let uploads: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"ferry_messages_handled_total{stage="uploader",outcome="succeeded"} "#)
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(uploads >= 1.0, "{metrics}");
     assert!(
         metrics.contains(r#"ferry_messages_handled_total{stage="dumper",outcome="failed"} 1"#),
         "{metrics}"
