@@ -177,33 +177,7 @@ on = ["failed", "succeeded"]
         timeout: Duration,
         pred: impl Fn(&M) -> bool,
     ) -> M {
-        let js = jetstream::new(self.client.clone());
-        let stream = js
-            .get_stream(subjects::EVENTS_STREAM)
-            .await
-            .expect("events stream");
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: kind.subject(source),
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .expect("ordered consumer");
-        let mut messages = consumer.messages().await.expect("messages");
-        let found = tokio::time::timeout(timeout, async {
-            while let Some(message) = messages.next().await {
-                let message = message.expect("event");
-                let decoded = M::decode(message.payload.as_ref()).expect("event decodes");
-                if pred(&decoded) {
-                    return decoded;
-                }
-            }
-            panic!("event stream ended")
-        })
-        .await;
-        found
-            .unwrap_or_else(|_| panic!("no {} event for {source} within {timeout:?}", kind.token()))
+        wait_for_event(&self.client, kind, source, timeout, pred).await
     }
 
     /// Whether Ferry is still running (no worker stopped).
@@ -254,3 +228,41 @@ INSERT INTO public."Odd Näme" VALUES ('', NULL), ('empty', ''), ('ü', 'ß→�
 CREATE INDEX items_created ON sales.items (created);
 CREATE VIEW sales.expensive AS SELECT id, name FROM sales.items WHERE price > 1000;
 "#;
+
+/// Waits for an event of `kind` about `source` that satisfies `pred`, replaying the
+/// events stream from its start so an event published before the call is found too.
+/// Shared by the in-process [`TestEnv`] and the multi-process [`processes::Stack`].
+pub async fn wait_for_event<M: Message + Default>(
+    client: &async_nats::Client,
+    kind: EventKind,
+    source: &str,
+    timeout: Duration,
+    pred: impl Fn(&M) -> bool,
+) -> M {
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .get_stream(subjects::EVENTS_STREAM)
+        .await
+        .expect("events stream");
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: kind.subject(source),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .expect("ordered consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let found = tokio::time::timeout(timeout, async {
+        while let Some(message) = messages.next().await {
+            let message = message.expect("event");
+            let decoded = M::decode(message.payload.as_ref()).expect("event decodes");
+            if pred(&decoded) {
+                return decoded;
+            }
+        }
+        panic!("event stream ended")
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no {} event for {source} within {timeout:?}", kind.token()))
+}

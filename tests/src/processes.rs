@@ -7,12 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
 use ferry_proto::Message;
 use ferry_proto::subjects::{self, EventKind};
 use ferry_scheduler::ManualReply;
 use ferry_testkit::{HttpReceiver, NatsServer, PgCluster, TestDatabase};
-use futures::StreamExt;
 
 use crate::otlp::OtlpReceiver;
 
@@ -320,37 +318,14 @@ password_file = "{bad}"
         source: &str,
         job_id: &str,
     ) -> M {
-        let js = jetstream::new(self.client.clone());
-        let stream = js
-            .get_stream(subjects::EVENTS_STREAM)
-            .await
-            .expect("events stream");
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: kind.subject(source),
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .expect("ordered consumer");
-        let mut messages = consumer.messages().await.expect("messages");
-        let timeout = Duration::from_secs(90);
-        tokio::time::timeout(timeout, async {
-            while let Some(message) = messages.next().await {
-                let decoded = M::decode(message.expect("event").payload.as_ref()).expect("decodes");
-                if decoded.job_id() == job_id {
-                    return decoded;
-                }
-            }
-            panic!("event stream ended")
-        })
+        crate::wait_for_event(
+            &self.client,
+            kind,
+            source,
+            Duration::from_secs(90),
+            |m: &M| m.job_id() == job_id,
+        )
         .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "no {} event for job {job_id} within {timeout:?}",
-                kind.token()
-            )
-        })
     }
 }
 
