@@ -1,15 +1,16 @@
 //! The dumper: takes `JobRequested` from the shared durable consumer, dumps the
-//! source's databases into the spool, and publishes `DumpCompleted`.
+//! source's databases into its local spool directory, hands each finished file to
+//! the configured spool (the same directory, or the NATS bucket) and publishes
+//! `DumpCompleted`.
 //!
-//! Idempotent on `job_id`: a finished dump leaves a marker beside the job's spool
-//! directory, so a redelivered job re-announces the same dump instead of dumping
-//! again; an unfinished one is discarded and redone.
+//! Idempotent on `job_id`: a finished dump leaves a marker in the spool (removed
+//! with the job's files by the uploader), so a redelivered job re-announces the same
+//! dump instead of dumping again; an unfinished one is discarded and redone.
 
 pub mod mongo;
 pub mod output;
 pub mod postgres;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,7 @@ use ferry_runtime::config::{
 use ferry_runtime::lease;
 use ferry_runtime::secrets::{SecretSource, read_secret};
 use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
-use ferry_storage::spool::{DirSpool, hash_file, list_files};
+use ferry_storage::spool::{DirSpool, Spool};
 use output::{Compression, JobOutput};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +36,11 @@ pub use postgres::PgTools;
 /// The dumper's handler.
 pub struct Dumper {
     rt: Runtime,
-    spool: DirSpool,
+    /// `spool.path`: where files are written, compressed and hashed, whatever the
+    /// spool kind.
+    local: DirSpool,
+    /// Where the uploader reads the files from (`spool.kind`).
+    spool: Arc<dyn Spool>,
     node: String,
     pg: PgTools,
     done: kv::Store,
@@ -57,12 +62,18 @@ pub enum Lane {
 impl Dumper {
     /// A dumper writing into the configured spool.
     pub async fn new(rt: Runtime, lane: Lane) -> anyhow::Result<Self> {
-        let spool = DirSpool::new(&rt.config.spool.path).map_err(|e| {
+        let local = DirSpool::new(&rt.config.spool.path).map_err(|e| {
             anyhow::anyhow!(
                 "failed to create the spool directory {} (spool.path): {e}",
                 rt.config.spool.path.display()
             )
         })?;
+        let spool = ferry_runtime::store::open_spool(
+            &rt.config.spool,
+            &rt.jetstream,
+            rt.config.nats.replicas,
+        )
+        .await?;
         let node = spool_node(&rt);
         let pg = PgTools::new(
             rt.config.dumper.pg_bin_dir.clone(),
@@ -82,6 +93,7 @@ impl Dumper {
             .map_err(|e| anyhow::anyhow!("opening the {} bucket: {e}", subjects::LOCKS_BUCKET))?;
         Ok(Dumper {
             rt,
+            local,
             spool,
             node,
             pg,
@@ -89,10 +101,6 @@ impl Dumper {
             locks,
             lane,
         })
-    }
-
-    fn marker(&self, job_id: &str) -> std::io::Result<PathBuf> {
-        Ok(self.spool.job_dir(job_id)?.with_extension("completed"))
     }
 }
 
@@ -161,10 +169,11 @@ impl Handler for Dumper {
             )
         })?;
         let source = &source;
-        let marker = self
-            .marker(&job.job_id)
+        let job_dir = self
+            .local
+            .job_dir(&job.job_id)
             .map_err(|e| HandlerError::permanent(reason::MALFORMED_MESSAGE, e.to_string()))?;
-        if let Ok(bytes) = tokio::fs::read(&marker).await
+        if let Ok(Some(bytes)) = self.spool.marker(&job.job_id).await
             && let Ok(done) = DumpCompleted::decode(bytes.as_slice())
         {
             tracing::info!("dump already completed by an earlier delivery; announcing it again");
@@ -186,7 +195,7 @@ impl Handler for Dumper {
         // Waiting for the lease (on_overlap = "queue") used part of the time.
         let remaining = time_left(&job, source);
         let result = self
-            .dump_job(source, &job, &marker, remaining, &ctx, &lease.lost)
+            .dump_job(source, &job, &job_dir, remaining, &ctx, &lease.lost)
             .await;
         lease.release().await;
         result
@@ -252,7 +261,7 @@ impl Dumper {
         &self,
         source: &SourceConfig,
         job: &JobRequested,
-        marker: &std::path::Path,
+        job_dir: &std::path::Path,
         remaining: Duration,
         ctx: &JobContext,
         lease_lost: &CancellationToken,
@@ -262,12 +271,11 @@ impl Dumper {
         }
         let job = job.clone();
         let spool_err = |e: std::io::Error| {
-            postgres::spool_io(&format!("spool {}", self.spool.root().display()), &e)
+            postgres::spool_io(&format!("spool {}", self.local.root().display()), &e)
         };
-        let job_dir = self.spool.job_dir(&job.job_id).map_err(spool_err)?;
-        // A directory without a marker is what a crashed attempt left: start over.
-        let _ = tokio::fs::remove_dir_all(&job_dir).await;
-        tokio::fs::create_dir_all(&job_dir)
+        // Files without a marker are what a crashed attempt left: start over.
+        self.discard(&job.job_id, job_dir).await;
+        tokio::fs::create_dir_all(job_dir)
             .await
             .map_err(spool_err)?;
 
@@ -275,7 +283,7 @@ impl Dumper {
         let clock = Instant::now();
         let dump = async {
             tokio::select! {
-                result = tokio::time::timeout(remaining, self.dump(source, &job, &job_dir)) => {
+                result = tokio::time::timeout(remaining, self.dump(source, &job, job_dir)) => {
                     result.unwrap_or_else(|_| Err(timeout_error(source)))
                 }
                 _ = ctx.cancel.cancelled() => Err(HandlerError::retryable(reason::DUMP_FAILED, "the dumper is shutting down; the job will be redelivered")),
@@ -289,37 +297,17 @@ impl Dumper {
             server_version,
             tool_version,
             databases,
-            files: listed,
+            files,
             mongodb,
             postgres,
         } = match dump {
             Ok(v) => v,
             Err(e) => {
                 // No half-written dump stays behind: the spool is cleaned.
-                let _ = tokio::fs::remove_dir_all(&job_dir).await;
+                self.discard(&job.job_id, job_dir).await;
                 return Err(e);
             }
         };
-        let mut files = listed.unwrap_or_default();
-        let names = if files.is_empty() {
-            list_files(&job_dir).map_err(spool_err)?
-        } else {
-            Vec::new()
-        };
-        for name in names {
-            let (size, sha256) = hash_file(&job_dir.join(&name)).await.map_err(spool_err)?;
-            let compression = if name.ends_with(".gz") {
-                "gzip"
-            } else {
-                "none"
-            };
-            files.push(DumpFile {
-                name,
-                size,
-                sha256,
-                compression: compression.into(),
-            });
-        }
         let done = DumpCompleted {
             job_id: job.job_id.clone(),
             source: job.source.clone(),
@@ -347,9 +335,13 @@ impl Dumper {
             ferry_runtime::metrics::ByteKind::Dumped,
             done.files.iter().map(|f| f.size).sum(),
         );
-        tokio::fs::write(marker, done.encode_to_vec())
+        self.spool
+            .put_marker(&job.job_id, &done.encode_to_vec())
             .await
             .map_err(spool_err)?;
+        // With the NATS spool every file has moved to the bucket; what is left here
+        // is empty directories.
+        prune_empty_dirs(job_dir);
         self.done
             .put(&job.job_id, job.backup_id.clone().into())
             .await
@@ -371,6 +363,14 @@ impl Dumper {
 }
 
 impl Dumper {
+    /// Removes every file of the job, locally and from the spool the uploader reads.
+    async fn discard(&self, job_id: &str, job_dir: &std::path::Path) {
+        let _ = tokio::fs::remove_dir_all(job_dir).await;
+        if let Err(e) = self.spool.remove_job(job_id).await {
+            tracing::warn!(error = %e, spool = %self.spool.describe(), "could not remove the job's files from the spool");
+        }
+    }
+
     async fn dump(
         &self,
         source: &SourceConfig,
@@ -380,6 +380,7 @@ impl Dumper {
         let password = password_of(source)?;
         let announcer = output::Announcer::new(
             self.rt.publisher.clone(),
+            self.spool.clone(),
             job,
             SpoolLocation {
                 node: self.node.clone(),
@@ -402,7 +403,7 @@ impl Dumper {
                     server_version: dump.details.server_version.clone(),
                     tool_version: dump.details.pg_dump_version.clone(),
                     databases: dump.databases,
-                    files: Some(out.files()),
+                    files: out.files(),
                     mongodb: None,
                     postgres: Some(dump.details),
                 })
@@ -426,13 +427,26 @@ impl Dumper {
                     server_version: dump.server_version,
                     tool_version: dump.tool_version,
                     databases: dump.databases,
-                    files: Some(dump.files),
+                    files: dump.files,
                     mongodb: Some(dump.details),
                     postgres: None,
                 })
             }
         }
     }
+}
+
+/// Removes `dir` and the directories under it that hold no file.
+fn prune_empty_dirs(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                prune_empty_dirs(&entry.path());
+            }
+        }
+    }
+    // Fails, as it should, when files remain.
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// The configured compression of PostgreSQL dump files.
@@ -453,8 +467,8 @@ struct EngineDump {
     server_version: String,
     tool_version: String,
     databases: Vec<String>,
-    /// The files, when the engine listed them (else the job directory is listed).
-    files: Option<Vec<DumpFile>>,
+    /// The files, in the order they were finished.
+    files: Vec<DumpFile>,
     mongodb: Option<ferry_proto::v1::MongoDetails>,
     postgres: Option<PostgresDetails>,
 }

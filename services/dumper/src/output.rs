@@ -1,6 +1,7 @@
 //! A job's dump files in the spool: compressed and SHA-256'd in the one pass that
-//! writes them, and announced with `DumpFileReady` the moment each is complete, so
-//! the uploader can start on a table while the next one is still being dumped.
+//! writes them, handed to the configured spool and announced with `DumpFileReady`
+//! the moment each is complete, so the uploader can start on a table while the next
+//! one is still being dumped.
 //!
 //! Compression is CPU work, so it runs on blocking threads: an [`OutputFile`] hands
 //! its bytes over a small in-memory pipe to one, and [`JobOutput::ingest`] reads a
@@ -17,6 +18,7 @@ use std::task::{Context, Poll};
 use ferry_proto::subjects::EventKind;
 use ferry_proto::v1::{DumpFile, DumpFileReady, JobRequested, SpoolLocation};
 use ferry_runtime::{Outgoing, Publisher};
+use ferry_storage::spool::Spool;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;
@@ -132,40 +134,71 @@ impl Write for HashingFile {
     }
 }
 
-/// Publishes DumpFileReady for one job (subject ferry.v1.events.file_ready.<source>,
-/// msg id `<job_id>/file/<name>`), built from the runtime's Publisher and the job.
+/// Hands one job's finished files to the spool the uploader reads ([`Spool::put_file`]:
+/// nothing to do for the directory spool, a copy into the bucket for the NATS spool)
+/// and publishes DumpFileReady for each (subject ferry.v1.events.file_ready.<source>,
+/// msg id `<job_id>/file/<name>`).
 #[derive(Clone)]
 pub struct Announcer {
     publisher: Publisher,
+    spool: Arc<dyn Spool>,
     job_id: String,
     source: String,
     backup_id: String,
-    spool: SpoolLocation,
+    location: SpoolLocation,
 }
 
 impl Announcer {
-    /// Announces the files of `job`, which the dumper writes into `spool`.
-    pub fn new(publisher: Publisher, job: &JobRequested, spool: SpoolLocation) -> Self {
+    /// Announces the files of `job`, which the dumper hands to `spool`; `location`
+    /// is where events say they are.
+    pub fn new(
+        publisher: Publisher,
+        spool: Arc<dyn Spool>,
+        job: &JobRequested,
+        location: SpoolLocation,
+    ) -> Self {
         Announcer {
             publisher,
+            spool,
             job_id: job.job_id.clone(),
             source: job.source.clone(),
             backup_id: job.backup_id.clone(),
-            spool,
+            location,
         }
+    }
+
+    /// Moves the finished local file `local` into the spool as `file`, then
+    /// announces it. The spool's failure fails the file (the uploader could never
+    /// read it); the announcement's does not.
+    pub async fn hand_over(&self, file: &DumpFile, local: &Path) -> std::io::Result<()> {
+        self.spool
+            .put_file(&self.job_id, &file.name, local)
+            .await
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot hand {} over to the spool ({}): {e}",
+                        file.name,
+                        self.spool.describe()
+                    ),
+                )
+            })?;
+        self.announce(file).await;
+        Ok(())
     }
 
     /// Publishes that `file` is complete. A failure is logged, not returned: the
     /// announcement only lets the uploader start early, and `DumpCompleted` lists
     /// every file anyway, so a NATS hiccup must not fail an hours-long dump.
-    pub async fn announce(&self, file: &DumpFile) {
+    async fn announce(&self, file: &DumpFile) {
         let event = DumpFileReady {
             job_id: self.job_id.clone(),
             source: self.source.clone(),
             occurred_at: Some(ferry_proto::now()),
             backup_id: self.backup_id.clone(),
             file: Some(file.clone()),
-            spool: Some(self.spool.clone()),
+            spool: Some(self.location.clone()),
         };
         let out = Outgoing::event(
             EventKind::FileReady,
@@ -194,7 +227,8 @@ struct Inner {
 }
 
 impl JobOutput {
-    /// `announce` publishes DumpFileReady (None in unit tests).
+    /// `announce` hands each finished file to the spool and publishes DumpFileReady
+    /// (None when the files stay where they are written: tests and benchmarks).
     pub fn new(job_dir: PathBuf, compression: Compression, announce: Option<Announcer>) -> Self {
         JobOutput {
             inner: Arc::new(Inner {
@@ -260,7 +294,7 @@ impl JobOutput {
         })
         .await
         .map_err(std::io::Error::other)??;
-        Ok(self.record(stored, size, sha256).await)
+        self.record(stored, size, sha256).await
     }
 
     /// Every file finished so far, in completion order.
@@ -285,22 +319,24 @@ impl JobOutput {
         Ok((stored, path))
     }
 
-    async fn record(&self, name: String, size: u64, sha256: String) -> DumpFile {
+    async fn record(&self, name: String, size: u64, sha256: String) -> std::io::Result<DumpFile> {
         let file = DumpFile {
             name,
             size,
             sha256,
             compression: self.inner.compression.name().into(),
         };
+        if let Some(announcer) = &self.inner.announce {
+            announcer
+                .hand_over(&file, &self.inner.job_dir.join(&file.name))
+                .await?;
+        }
         self.inner
             .files
             .lock()
             .expect("files lock")
             .push(file.clone());
-        if let Some(announcer) = &self.inner.announce {
-            announcer.announce(&file).await;
-        }
-        file
+        Ok(file)
     }
 }
 
@@ -356,7 +392,7 @@ impl OutputFile {
         self.writer.shutdown().await?;
         let task = self.task.take().expect("the task is awaited once");
         let (size, sha256) = task.await.map_err(std::io::Error::other)??;
-        Ok(self.output.record(self.stored, size, sha256).await)
+        self.output.record(self.stored, size, sha256).await
     }
 
     /// The pipe broke because the compressing thread stopped: wait for it and return

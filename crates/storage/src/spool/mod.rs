@@ -6,8 +6,10 @@
 //!   different machines with no shared disk.
 //!
 //! The dumper finishes each file locally (compressed and hashed) and calls
-//! [`Spool::put_file`]; the uploader opens files with [`Spool::open`] and removes
-//! the job with [`Spool::remove_job`] once its manifest is committed.
+//! [`Spool::put_file`]; once the dump is complete it leaves a completion marker
+//! ([`Spool::put_marker`]) so that a redelivered job is announced again rather than
+//! dumped again. The uploader opens files with [`Spool::open`] and removes the job,
+//! marker included, with [`Spool::remove_job`] once its manifest is committed.
 
 mod nats;
 
@@ -31,9 +33,15 @@ pub trait Spool: Send + Sync + std::fmt::Debug {
     async fn put_file(&self, job_id: &str, name: &str, local: &Path) -> std::io::Result<()>;
     /// Streams a spool file.
     async fn open(&self, job_id: &str, name: &str) -> std::io::Result<Body>;
-    /// Whether the spool holds anything of `job_id`.
+    /// Whether the spool holds any file of `job_id`.
     async fn has_job(&self, job_id: &str) -> std::io::Result<bool>;
-    /// Removes every file of `job_id`; a job with no files is not an error.
+    /// Records that the dump of `job_id` is complete, with the dumper's summary
+    /// (an encoded `DumpCompleted`), replacing any earlier marker.
+    async fn put_marker(&self, job_id: &str, summary: &[u8]) -> std::io::Result<()>;
+    /// The summary [`Spool::put_marker`] recorded, if the job is still spooled.
+    async fn marker(&self, job_id: &str) -> std::io::Result<Option<Vec<u8>>>;
+    /// Removes every file of `job_id` and its marker; a job with no files is not an
+    /// error.
     async fn remove_job(&self, job_id: &str) -> std::io::Result<()>;
     /// A short description for logs and error messages.
     fn describe(&self) -> String;
@@ -83,6 +91,11 @@ impl DirSpool {
         Ok(self.root.join(job_id))
     }
 
+    /// Beside the job's directory, not in it: the marker is not one of its files.
+    fn marker_path(&self, job_id: &str) -> std::io::Result<PathBuf> {
+        Ok(self.job_dir(job_id)?.with_extension("completed"))
+    }
+
     fn file_path(&self, job_id: &str, name: &str) -> std::io::Result<PathBuf> {
         check_names(job_id, Some(name))?;
         Ok(self.root.join(job_id).join(name))
@@ -119,15 +132,32 @@ impl Spool for DirSpool {
         tokio::fs::try_exists(self.job_dir(job_id)?).await
     }
 
+    async fn put_marker(&self, job_id: &str, summary: &[u8]) -> std::io::Result<()> {
+        let path = self.marker_path(job_id)?;
+        // Written whole, then renamed: a crash never leaves half a marker.
+        let partial = path.with_extension("completed.partial");
+        tokio::fs::write(&partial, summary).await?;
+        tokio::fs::rename(&partial, &path).await
+    }
+
+    async fn marker(&self, job_id: &str) -> std::io::Result<Option<Vec<u8>>> {
+        match tokio::fs::read(self.marker_path(job_id)?).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn remove_job(&self, job_id: &str) -> std::io::Result<()> {
         let dir = self.job_dir(job_id)?;
         match tokio::fs::remove_dir_all(&dir).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        // The dumper's marker of a completed dump, if any.
-        let _ = tokio::fs::remove_file(dir.with_extension("completed")).await;
-        Ok(())
+        match tokio::fs::remove_file(self.marker_path(job_id)?).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     fn describe(&self) -> String {

@@ -1,12 +1,14 @@
 //! The JetStream object store spool: dump files travel through NATS, so dumpers and
-//! uploaders need no shared disk. Objects are named `<job_id>/<file name>`; NATS
-//! chunks them, so memory stays bounded on both sides.
+//! uploaders need no shared disk. Objects are named `<job_id>/<file name>`, and a
+//! job's completion marker `<job_id>.completed`; NATS chunks them, so memory stays
+//! bounded on both sides.
 
 use std::path::Path;
 
 use async_nats::jetstream::{self, object_store};
 use async_trait::async_trait;
 use futures::StreamExt;
+use tokio::io::AsyncReadExt;
 
 use super::{Spool, check_names};
 use crate::Body;
@@ -22,6 +24,12 @@ impl std::fmt::Debug for NatsSpool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "NatsSpool({})", self.bucket)
     }
+}
+
+/// The object that marks a job's dump as complete (outside the job's `<job_id>/`
+/// prefix, so it is never taken for a file).
+fn marker_name(job_id: &str) -> String {
+    format!("{job_id}.completed")
 }
 
 fn io_err(what: &str, e: impl std::fmt::Display) -> std::io::Error {
@@ -54,8 +62,11 @@ impl NatsSpool {
         })
     }
 
+    /// The objects of `job_id`'s files, then its marker if it has one.
     async fn names_of(&self, job_id: &str) -> std::io::Result<Vec<String>> {
         let prefix = format!("{job_id}/");
+        let marker = marker_name(job_id);
+        let mut has_marker = false;
         let mut list = self
             .store
             .list()
@@ -64,9 +75,17 @@ impl NatsSpool {
         let mut out = Vec::new();
         while let Some(info) = list.next().await {
             let info = info.map_err(|e| io_err("cannot list the spool bucket", e))?;
-            if !info.deleted && info.name.starts_with(&prefix) {
-                out.push(info.name);
+            if info.deleted {
+                continue;
             }
+            if info.name.starts_with(&prefix) {
+                out.push(info.name);
+            } else if info.name == marker {
+                has_marker = true;
+            }
+        }
+        if has_marker {
+            out.push(marker);
         }
         Ok(out)
     }
@@ -109,11 +128,48 @@ impl Spool for NatsSpool {
 
     async fn has_job(&self, job_id: &str) -> std::io::Result<bool> {
         check_names(job_id, None)?;
-        Ok(!self.names_of(job_id).await?.is_empty())
+        let marker = marker_name(job_id);
+        Ok(self.names_of(job_id).await?.iter().any(|n| *n != marker))
+    }
+
+    async fn put_marker(&self, job_id: &str, summary: &[u8]) -> std::io::Result<()> {
+        check_names(job_id, None)?;
+        let object = marker_name(job_id);
+        let mut reader = summary;
+        self.store
+            .put(object.as_str(), &mut reader)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                io_err(
+                    &format!("cannot store {object} in spool bucket {}", self.bucket),
+                    e,
+                )
+            })
+    }
+
+    async fn marker(&self, job_id: &str) -> std::io::Result<Option<Vec<u8>>> {
+        check_names(job_id, None)?;
+        let object = marker_name(job_id);
+        let mut reader = match self.store.get(object.as_str()).await {
+            Ok(reader) => reader,
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(io_err(
+                    &format!("cannot read {object} from spool bucket {}", self.bucket),
+                    e,
+                ));
+            }
+        };
+        let mut bytes = Vec::new();
+        reader.read_to_end(&mut bytes).await?;
+        Ok(Some(bytes))
     }
 
     async fn remove_job(&self, job_id: &str) -> std::io::Result<()> {
         check_names(job_id, None)?;
+        // Files first, the marker last: a job whose removal is interrupted still
+        // says it was dumped.
         for name in self.names_of(job_id).await? {
             self.store
                 .delete(name.as_str())
