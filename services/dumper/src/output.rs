@@ -3,10 +3,11 @@
 //! the moment each is complete, so the uploader can start on a table while the next
 //! one is still being dumped.
 //!
-//! Compression is CPU work, so it runs on blocking threads: an [`OutputFile`] hands
-//! its bytes over a small in-memory pipe to one, and [`JobOutput::ingest`] reads a
-//! finished file on one. Memory per file is the pipe plus the encoder's window,
-//! whatever the size of the data.
+//! Compression is CPU work, so it runs on blocking threads: an [`OutputFile`]
+//! gathers its bytes into 1 MiB chunks and hands them, without copying, over a
+//! two-chunk channel to one, and [`JobOutput::ingest`] reads a finished file on one.
+//! Memory per file is a few chunks plus the encoder's window, whatever the size of
+//! the data.
 
 use std::future::Future;
 use std::io::{Read, Write};
@@ -20,12 +21,17 @@ use ferry_proto::v1::{DumpFile, DumpFileReady, JobRequested, SpoolLocation};
 use ferry_runtime::{Outgoing, Publisher};
 use ferry_storage::spool::Spool;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
+use tokio_util::sync::PollSender;
 
-/// Bytes in flight between a writer and its compressing thread.
-const PIPE_BYTES: usize = 1024 * 1024;
-/// Read size when ingesting a finished file.
+/// Bytes an [`OutputFile`] gathers before handing them to its compressing thread;
+/// documents and rows are often tiny, and a hand-over per write would cost more
+/// than the copy into the chunk.
+const CHUNK_BYTES: usize = 1024 * 1024;
+/// Chunks waiting for the compressing thread; a full queue makes the writer wait.
+const CHUNKS_QUEUED: usize = 2;
+/// Read size when ingesting a finished file, and the output buffer's size.
 const CHUNK: usize = 256 * 1024;
 
 /// How dump files are compressed in the spool.
@@ -257,17 +263,19 @@ impl JobOutput {
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent).await?;
         }
-        let (writer, mut reader) = tokio::io::duplex(PIPE_BYTES);
+        let (sender, mut chunks) = tokio::sync::mpsc::channel::<Vec<u8>>(CHUNKS_QUEUED);
         let compression = self.inner.compression;
-        let handle = tokio::runtime::Handle::current();
         let task = tokio::task::spawn_blocking(move || {
-            // The pipe's read half is async; this thread blocks on it, which is
-            // what a blocking-pool thread is for.
-            let mut source = tokio_util::io::SyncIoBridge::new_with_handle(&mut reader, handle);
-            compress_into(&path, compression, &mut source)
+            let mut compressor = Compressor::create(&path, compression)?;
+            // Blocking on the channel is what a blocking-pool thread is for.
+            while let Some(chunk) = chunks.blocking_recv() {
+                compressor.write(&chunk)?;
+            }
+            compressor.finish()
         });
         Ok(OutputFile {
-            writer,
+            chunk: Vec::with_capacity(CHUNK_BYTES),
+            sender: Some(PollSender::new(sender)),
             task: Some(task),
             early: None,
             stored,
@@ -286,7 +294,17 @@ impl JobOutput {
         let src_owned = src.to_path_buf();
         let (size, sha256) = tokio::task::spawn_blocking(move || {
             let mut input = std::fs::File::open(&src_owned)?;
-            let result = compress_into(&path, compression, &mut input)?;
+            let mut compressor = Compressor::create(&path, compression)?;
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                match input.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => compressor.write(&buf[..n])?,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let result = compressor.finish()?;
             // Remove the staged copy at once: the staging area then never holds
             // more than the files pg_dump is still writing.
             std::fs::remove_file(&src_owned)?;
@@ -340,41 +358,45 @@ impl JobOutput {
     }
 }
 
-/// Reads `input` to its end, compresses it into a new file at `path` and fsyncs it;
-/// returns the stored size and SHA-256.
-fn compress_into(
-    path: &Path,
-    compression: Compression,
-    input: &mut impl Read,
-) -> std::io::Result<(u64, String)> {
-    let file = std::fs::File::create(path)?;
-    let sink = HashingFile {
-        file,
-        hasher: Sha256::new(),
-        size: 0,
-    };
-    let mut encoder = compression.encoder(std::io::BufWriter::with_capacity(CHUNK, sink))?;
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+/// A new spool file being compressed and hashed.
+struct Compressor {
+    encoder: Box<dyn Encoder<std::io::BufWriter<HashingFile>> + Send>,
+}
+
+impl Compressor {
+    fn create(path: &Path, compression: Compression) -> std::io::Result<Self> {
+        let sink = HashingFile {
+            file: std::fs::File::create(path)?,
+            hasher: Sha256::new(),
+            size: 0,
         };
-        encoder.write_all(&buf[..n])?;
+        Ok(Compressor {
+            encoder: compression.encoder(std::io::BufWriter::with_capacity(CHUNK, sink))?,
+        })
     }
-    let sink = encoder
-        .finish_encoding()?
-        .into_inner()
-        .map_err(|e| e.into_error())?;
-    sink.file.sync_all()?;
-    Ok((sink.size, hex::encode(sink.hasher.finalize())))
+
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.encoder.write_all(data)
+    }
+
+    /// Ends the stream and fsyncs the file; returns its stored size and SHA-256.
+    fn finish(self) -> std::io::Result<(u64, String)> {
+        let sink = self
+            .encoder
+            .finish_encoding()?
+            .into_inner()
+            .map_err(|e| e.into_error())?;
+        sink.file.sync_all()?;
+        Ok((sink.size, hex::encode(sink.hasher.finalize())))
+    }
 }
 
 /// Implements tokio::io::AsyncWrite; bytes are compressed and SHA-256'd as written.
 pub struct OutputFile {
-    writer: DuplexStream,
+    /// Bytes not yet handed to the compressing thread.
+    chunk: Vec<u8>,
+    /// None once the input is complete.
+    sender: Option<PollSender<Vec<u8>>>,
     task: Option<JoinHandle<std::io::Result<(u64, String)>>>,
     /// The compressing thread's result once it ended early (e.g. the disk filled).
     early: Option<std::io::Error>,
@@ -388,15 +410,45 @@ impl OutputFile {
         if let Some(e) = self.early.take() {
             return Err(e);
         }
-        // Closing the pipe is the end of input for the compressing thread.
-        self.writer.shutdown().await?;
+        // Closing the channel is the end of input for the compressing thread.
+        self.shutdown().await?;
         let task = self.task.take().expect("the task is awaited once");
         let (size, sha256) = task.await.map_err(std::io::Error::other)??;
         self.output.record(self.stored, size, sha256).await
     }
 
-    /// The pipe broke because the compressing thread stopped: wait for it and return
-    /// its error (say, "No space left on device") rather than a bare broken pipe.
+    /// Hands the gathered chunk to the compressing thread, waiting while its queue
+    /// is full.
+    fn poll_hand_over(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.chunk.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let Some(sender) = self.sender.as_mut() else {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the file was already shut down",
+            )));
+        };
+        let sent = match std::task::ready!(sender.poll_reserve(cx)) {
+            Ok(()) => {
+                let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_BYTES));
+                sender.send_item(chunk).is_ok()
+            }
+            Err(_) => false,
+        };
+        if sent {
+            return Poll::Ready(Ok(()));
+        }
+        let closed = std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "the compressing thread stopped",
+        );
+        self.poll_thread_error(cx, closed).map(Err)
+    }
+
+    /// The channel closed because the compressing thread stopped: wait for it and
+    /// return its error (say, "No space left on device") rather than a bare broken
+    /// pipe.
     fn poll_thread_error(
         &mut self,
         cx: &mut Context<'_>,
@@ -427,18 +479,27 @@ impl AsyncWrite for OutputFile {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
-        match std::task::ready!(Pin::new(&mut this.writer).poll_write(cx, buf)) {
-            Ok(n) => Poll::Ready(Ok(n)),
-            Err(pipe) => this.poll_thread_error(cx, pipe).map(Err),
+        if let Some(e) = &this.early {
+            return Poll::Ready(Err(std::io::Error::new(e.kind(), e.to_string())));
         }
+        if this.chunk.len() >= CHUNK_BYTES {
+            std::task::ready!(this.poll_hand_over(cx))?;
+        }
+        let n = buf.len().min(CHUNK_BYTES - this.chunk.len());
+        this.chunk.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.writer).poll_flush(cx)
+        self.poll_hand_over(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.writer).poll_shutdown(cx)
+        std::task::ready!(self.poll_hand_over(cx))?;
+        if let Some(mut sender) = self.sender.take() {
+            sender.close();
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -479,7 +540,7 @@ mod tests {
         ] {
             let dir = tempfile::tempdir().unwrap();
             let out = JobOutput::new(dir.path().join("job"), compression, None);
-            let payload = data(3 * PIPE_BYTES + 17);
+            let payload = data(3 * CHUNK_BYTES + 17);
 
             let mut file = out.create("db/a.dat").await.unwrap();
             file.write_all(&payload).await.unwrap();
@@ -521,7 +582,7 @@ mod tests {
         let (_, path) = out.target("full").unwrap();
         assert_eq!(path, Path::new("/dev/full"));
         let mut file = out.create("full").await.unwrap();
-        let payload = data(4 * PIPE_BYTES);
+        let payload = data(4 * CHUNK_BYTES);
         let err = match file.write_all(&payload).await {
             Err(e) => e,
             Ok(()) => file.finish().await.unwrap_err(),

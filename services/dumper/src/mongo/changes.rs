@@ -21,7 +21,7 @@ use ferry_proto::v1::DumpFile;
 use ferry_runtime::HandlerError;
 use mongodb::Client;
 use mongodb::bson::{RawDocument, RawDocumentBuf, Timestamp, doc, rawdoc};
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -125,14 +125,7 @@ impl Capture {
         let (end, end_rx) = watch::channel(None);
         // In the job's span, so the oplog file's DumpFileReady carries the job's trace.
         let task = tokio::spawn(
-            run(
-                stream,
-                BufWriter::with_capacity(256 * 1024, file),
-                end_rx,
-                filter.clone(),
-                source.to_string(),
-            )
-            .in_current_span(),
+            run(stream, file, end_rx, filter.clone(), source.to_string()).in_current_span(),
         );
         Ok(Some(Capture {
             end,
@@ -152,7 +145,7 @@ impl Capture {
 
 async fn run(
     mut stream: Stream,
-    mut writer: BufWriter<crate::output::OutputFile>,
+    mut writer: crate::output::OutputFile,
     end: watch::Receiver<Option<Timestamp>>,
     filter: CollectionFilter,
     source: String,
@@ -195,12 +188,7 @@ async fn run(
             entries += 1;
         }
     }
-    writer
-        .shutdown()
-        .await
-        .map_err(|e| errors::spool(&source, OPLOG_FILE, &e))?;
     let file = writer
-        .into_inner()
         .finish()
         .await
         .map_err(|e| errors::spool(&source, OPLOG_FILE, &e))?;

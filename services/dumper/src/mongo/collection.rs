@@ -6,14 +6,10 @@ use ferry_runtime::HandlerError;
 use futures::TryStreamExt;
 use mongodb::Database;
 use mongodb::bson::{Bson, Document, RawDocumentBuf, doc, spec::BinarySubtype};
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWriteExt;
 
 use super::errors;
 use crate::output::JobOutput;
-
-/// Buffer in front of the compressing pipe: documents are often tiny, and one write
-/// into the pipe per document would cost more than the copy.
-const WRITE_BUFFER: usize = 256 * 1024;
 
 /// Bytes a cursor batch aims at (1 MiB): the batch is what a collection in flight holds in
 /// memory, so this (times `mongo_parallel_collections`) bounds the dump's memory.
@@ -140,7 +136,7 @@ pub async fn dump(
             .create(&data_name)
             .await
             .map_err(|e| errors::spool(source, &data_name, &e))?;
-        let mut writer = BufWriter::with_capacity(WRITE_BUFFER, file);
+        let mut writer = file;
         let read = read_documents(db, &spec.name, &mut writer, &mut entry).await;
         let dropped = match &read {
             Ok(()) => !still_exists(db, &spec, source).await?,
@@ -161,13 +157,9 @@ pub async fn dump(
             }
             Err(ReadError::Spool(e)) => return Err(errors::spool(source, &data_name, &e)),
         }
-        writer
-            .shutdown()
-            .await
-            .map_err(|e| errors::spool(source, &data_name, &e))?;
-        let file = writer.into_inner();
         files.push(
-            file.finish()
+            writer
+                .finish()
                 .await
                 .map_err(|e| errors::spool(source, &data_name, &e))?,
         );
@@ -211,7 +203,7 @@ pub async fn dump(
 async fn read_documents(
     db: &Database,
     name: &str,
-    writer: &mut BufWriter<crate::output::OutputFile>,
+    writer: &mut crate::output::OutputFile,
     entry: &mut MongoCollection,
 ) -> Result<(), ReadError> {
     let collection = db.collection::<RawDocumentBuf>(name);
@@ -255,7 +247,7 @@ async fn list_indexes(db: &Database, name: &str) -> mongodb::error::Result<Vec<D
 
 /// Stops writing a file that must not be part of the backup and removes what was
 /// written of it; it was never finished, so it was never announced.
-async fn discard(mut writer: BufWriter<crate::output::OutputFile>, out: &JobOutput, name: &str) {
+async fn discard(mut writer: crate::output::OutputFile, out: &JobOutput, name: &str) {
     let _ = writer.shutdown().await;
     drop(writer);
     let path = out
