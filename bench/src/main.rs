@@ -4,8 +4,10 @@
 //! `ferry-bench scheduler [--sources 10000]` needs `scripts/test-services up` (for
 //! a nats-server 2.10+) and starts its own NATS.
 //!
-//! `ferry-bench upload [--server moto|garage] [--mib 256]` needs
-//! `scripts/test-services up` and `eval "$(scripts/test-services env)"`.
+//! `ferry-bench upload [--server moto|garage] [--mib 256] [--pipeline-gb 0.5]` needs
+//! `scripts/test-services up` and `eval "$(scripts/test-services env)"`; it builds
+//! its PostgreSQL database once and starts its own NATS.
+//!
 //! `ferry-bench pg-dump [--big-gb 2] [--small-gb 0.5]` needs the test PostgreSQL
 //! (`FERRY_TEST_PG_URL`), builds its databases once and compares Ferry's dumper
 //! with `pg_dump | zstd` and `pg_dump -Fc`.
@@ -47,9 +49,9 @@ enum Bench {
         /// Size of the test file, in MiB.
         #[arg(long, default_value_t = 256)]
         mib: usize,
-        /// Files of the simulated dump (together `mib`).
-        #[arg(long, default_value_t = 8)]
-        files: usize,
+        /// Size of the PostgreSQL database of the dump/upload overlap run, in GB.
+        #[arg(long, default_value_t = 0.5)]
+        pipeline_gb: f64,
     },
     /// Ferry's PostgreSQL dumper against `pg_dump | zstd` and `pg_dump -Fc`.
     PgDump {
@@ -128,7 +130,11 @@ async fn main() -> anyhow::Result<()> {
     })?;
     match Cli::parse().bench {
         Bench::Scheduler { sources } => scheduler::run(sources).await,
-        Bench::Upload { server, mib, files } => upload::run(&server, mib, files).await,
+        Bench::Upload {
+            server,
+            mib,
+            pipeline_gb,
+        } => upload::run(&server, mib, pipeline_gb).await,
         Bench::PgDump {
             big_gb,
             small_gb,

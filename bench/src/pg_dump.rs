@@ -125,7 +125,7 @@ pub async fn run(big_gb: f64, small_gb: f64, level: i32) -> anyhow::Result<()> {
 }
 
 /// A database of about `gb` GB (made once, reused by later runs).
-async fn ensure_database(pg: &PgCluster, gb: f64) -> anyhow::Result<(String, u64)> {
+pub(crate) async fn ensure_database(pg: &PgCluster, gb: f64) -> anyhow::Result<(String, u64)> {
     let tables = ((gb * 1e9) / 280e6).round().max(1.0) as i64;
     let name = format!("ferry_bench_{tables}x{}", ROWS_PER_TABLE / 1000);
     let admin = pg.connect("postgres").await;

@@ -2,13 +2,14 @@
 //!
 //! 1. Multipart throughput (default part size and parts in flight) against a
 //!    baseline that sends the same file in one single-stream PUT.
-//! 2. Overlap: a simulated dump that produces files one after the other (each
-//!    generated, SHA-256'd and written to the spool: real CPU and disk work), then
-//!    uploaded, measured three ways: dump alone, upload alone, and dump with each
-//!    file uploaded as soon as it is complete (what `DumpFileReady` gives the
-//!    uploader). The factor is end-to-end / (dump + upload).
-//! 3. Peak RSS of this process after the uploader's runs (before the baseline,
-//!    which holds the whole file in memory by design).
+//! 2. Overlap, with the real workers (scheduler, dumper, uploader) through a real
+//!    NATS on a real PostgreSQL database: dump alone (no uploader running), then
+//!    upload alone (the uploader started on the finished dump), then both together
+//!    into a fresh store prefix. The factor is end-to-end / (dump + upload).
+//! 3. Peak RSS of this process after the multipart run (the uploader's transfer
+//!    alone) and after the pipeline (dumper, uploader and scheduler in one process,
+//!    as `ferry up` runs them); the single-PUT baseline comes last because it
+//!    holds the whole file in memory by design.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,7 +20,6 @@ use ferry_storage::retry::RetryPolicy;
 use ferry_storage::spool::{DirSpool, Spool};
 use ferry_storage::{ObjectStore, RequestChecksum, S3Credentials, S3Options, S3Store};
 use ferry_testkit::{S3Server, unique_name};
-use ferry_uploader::Jobs;
 use ferry_uploader::transfer::{FileRef, Transfer};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -78,7 +78,7 @@ fn mib_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / (1 << 20) as f64 / secs
 }
 
-pub async fn run(server: &str, mib: usize, files: usize) -> anyhow::Result<()> {
+pub async fn run(server: &str, mib: usize, pipeline_gb: f64) -> anyhow::Result<()> {
     let server = match server {
         "moto" => S3Server::moto().await,
         "garage" => S3Server::garage().await,
@@ -121,64 +121,11 @@ pub async fn run(server: &str, mib: usize, files: usize) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let multipart = t.elapsed().as_secs_f64();
 
-    // 2. Overlap.
-    let per_file = bytes / files.max(1);
-    let overlap_store = store(&server, &unique_name("bench"));
-    let run_dump = |job: &str| -> anyhow::Result<Vec<Made>> {
-        let dir = spool_dir.job_dir(job)?;
-        std::fs::create_dir_all(&dir)?;
-        Ok((0..files)
-            .map(|i| dump_file(&dir, &format!("t{i}.dat"), per_file))
-            .collect())
-    };
-    let t = Instant::now();
-    let made = tokio::task::block_in_place(|| run_dump("bench-seq"))?;
-    let dump_secs = t.elapsed().as_secs_f64();
-    let transfer = Transfer::new(
-        overlap_store.clone(),
-        spool.clone(),
-        PART_SIZE,
-        PARTS_IN_FLIGHT,
-        RetryPolicy::default(),
-    );
-    let jobs = Jobs::default();
-    let t = Instant::now();
-    upload_all(&transfer, &jobs, "bench-seq", &made).await?;
-    let upload_secs = t.elapsed().as_secs_f64();
-
-    // End to end: the "dumper" runs on a blocking thread and hands each finished
-    // file over a channel; uploads start at once, as on DumpFileReady.
-    let transfer = Transfer::new(
-        store(&server, &unique_name("bench")),
-        spool.clone(),
-        PART_SIZE,
-        PARTS_IN_FLIGHT,
-        RetryPolicy::default(),
-    );
-    let jobs = Jobs::default();
-    let t = Instant::now();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Made>(files.max(1));
-    let dir = spool_dir.job_dir("bench-e2e")?;
-    std::fs::create_dir_all(&dir)?;
-    let dumper = tokio::task::spawn_blocking(move || {
-        for i in 0..files {
-            let made = dump_file(&dir, &format!("t{i}.dat"), per_file);
-            if tx.blocking_send(made).is_err() {
-                break;
-            }
-        }
-    });
-    let mut uploads = tokio::task::JoinSet::new();
-    while let Some(made) = rx.recv().await {
-        let (transfer, jobs) = (transfer.clone(), jobs.clone());
-        uploads.spawn(async move { upload_all(&transfer, &jobs, "bench-e2e", &[made]).await });
-    }
-    dumper.await?;
-    while let Some(r) = uploads.join_next().await {
-        r??;
-    }
-    let e2e_secs = t.elapsed().as_secs_f64();
     let rss = crate::peak_rss_mib();
+
+    // 2. Overlap, with the real workers.
+    let pipeline = real_pipeline(&server, pipeline_gb).await?;
+    let rss_pipeline = crate::peak_rss_mib();
 
     // Baseline: the whole file in one PUT on one connection.
     let baseline_store = store(&server, &unique_name("bench"));
@@ -203,8 +150,22 @@ pub async fn run(server: &str, mib: usize, files: usize) -> anyhow::Result<()> {
         "throughput ratio multipart / single PUT:  {:.2}x (target >= 2x)",
         single / multipart
     );
+    let Pipeline {
+        database,
+        dump_secs,
+        upload_secs,
+        e2e_secs,
+        uploaded,
+    } = &pipeline;
     println!(
-        "dump alone {dump_secs:.2}s + upload alone {upload_secs:.2}s = {:.2}s; dump with overlapped upload {e2e_secs:.2}s",
+        "pipeline on {} ({:.2} GB on disk): {:.0} MB and {:.0} MB uploaded",
+        database.0,
+        database.1 as f64 / 1e9,
+        uploaded.0 as f64 / 1e6,
+        uploaded.1 as f64 / 1e6
+    );
+    println!(
+        "dump alone {dump_secs:.2}s + upload alone {upload_secs:.2}s = {:.2}s; dump and upload together {e2e_secs:.2}s",
         dump_secs + upload_secs
     );
     println!(
@@ -212,29 +173,163 @@ pub async fn run(server: &str, mib: usize, files: usize) -> anyhow::Result<()> {
         e2e_secs / (dump_secs + upload_secs)
     );
     println!(
-        "uploader peak RSS (whole process, before the baseline): {rss:.0} MiB (target < 150 MiB)"
+        "peak RSS of this process: {rss:.0} MiB after the multipart run (the uploader's transfer), {rss_pipeline:.0} MiB after the pipeline (dumper, uploader and scheduler together) (target < 150 MiB)"
     );
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("load average at end: {}", load.trim());
     Ok(())
 }
 
-async fn upload_all(
-    transfer: &Transfer,
-    jobs: &Jobs,
-    job: &str,
-    made: &[Made],
-) -> anyhow::Result<()> {
-    for m in made {
-        let file = FileRef {
-            job_id: job,
-            name: &m.name,
-            size: m.size,
-            sha256: &m.sha256,
-        };
-        jobs.ensure(transfer, &file)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+/// Times of the real pipeline on one PostgreSQL database: Ferry's workers through a
+/// real NATS, a real pg_dump and the S3-compatible server.
+pub struct Pipeline {
+    /// The database dumped and its size on disk.
+    pub database: (String, u64),
+    /// Request to `DumpCompleted`, with no uploader running.
+    pub dump_secs: f64,
+    /// Uploader start to `BackupUploaded`, for that finished dump.
+    pub upload_secs: f64,
+    /// Request to `BackupUploaded`, dumper and uploader running together (a fresh
+    /// store prefix, so nothing is reused).
+    pub e2e_secs: f64,
+    /// Bytes the uploaders stored in the two runs (each).
+    pub uploaded: (u64, u64),
+}
+
+/// The overlap of the real dumper and uploader: dump alone, then upload alone,
+/// then both together on a new store prefix.
+pub async fn real_pipeline(server: &S3Server, gb: f64) -> anyhow::Result<Pipeline> {
+    use ferry_proto::subjects::EventKind;
+    use ferry_proto::v1::{BackupFailed, BackupUploaded, DumpCompleted};
+    use prost::Message;
+    use tokio_util::sync::CancellationToken;
+
+    let pg = ferry_testkit::PgCluster::from_env();
+    let database = crate::pg_dump::ensure_database(&pg, gb).await?;
+    let nats = ferry_testkit::NatsServer::start().await;
+    let work =
+        tempfile::tempdir_in(std::env::var_os("FERRY_BENCH_DIR").unwrap_or_else(|| "/tmp".into()))?;
+    let password = work.path().join("pg-password");
+    std::fs::write(&password, &pg.password)?;
+    let (key_id, secret) = server.write_key_files(work.path());
+    let config = |prefix: &str| -> anyhow::Result<ferry_runtime::Config> {
+        Ok(ferry_runtime::Config::from_toml(&format!(
+            r#"
+[nats]
+url = "{nats}"
+[spool]
+path = "{spool}"
+[storage]
+kind = "s3"
+bucket = "{bucket}"
+prefix = "{prefix}"
+endpoint = "{endpoint}"
+region = "{region}"
+force_path_style = true
+request_checksum = "when_required"
+access_key_id_file = "{key_id}"
+secret_access_key_file = "{secret}"
+[http]
+listen = ""
+[dumper]
+pg_bin_dir = "{pg_bin}"
+compression_level = 1
+[[sources]]
+name = "bench"
+engine = "postgres"
+url = "{url}"
+password_file = "{password}"
+timeout = "2h"
+"#,
+            nats = nats.url(),
+            spool = work.path().join("spool").display(),
+            bucket = server.bucket,
+            endpoint = server.endpoint,
+            region = server.region,
+            key_id = key_id.display(),
+            secret = secret.display(),
+            pg_bin = pg.bin_dir.display(),
+            url = pg.url_without_password(&database.0),
+            password = password.display(),
+        ))?)
+    };
+    let client = nats.client().await;
+    // Every event of the source, subscribed before the first request.
+    let mut events = client
+        .subscribe(format!("ferry.v1.events.*.{}", "bench"))
+        .await?;
+    let mut next_event = async move |kind: EventKind| -> anyhow::Result<Vec<u8>> {
+        let failed = EventKind::Failed.subject("bench");
+        let wanted = kind.subject("bench");
+        loop {
+            let message = tokio::time::timeout(
+                std::time::Duration::from_secs(3600),
+                futures::StreamExt::next(&mut events),
+            )
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the events subscription ended"))?;
+            if message.subject.as_str() == failed {
+                let f = BackupFailed::decode(message.payload.as_ref())?;
+                anyhow::bail!("the benchmark backup failed: {}: {}", f.reason, f.message);
+            }
+            if message.subject.as_str() == wanted {
+                return Ok(message.payload.to_vec());
+            }
+        }
+    };
+    let request = async |client: &async_nats::Client| -> anyhow::Result<()> {
+        match ferry::backup::now(client, "bench", None).await? {
+            ferry::backup::Outcome::Queued { .. } => Ok(()),
+            other => anyhow::bail!("the request was not queued: {other:?}"),
+        }
+    };
+
+    // 1. Dump alone: scheduler and dumper, no uploader.
+    let first =
+        ferry_runtime::Runtime::with_client(config(&unique_name("bench"))?, client.clone()).await?;
+    let stop_first = CancellationToken::new();
+    let mut workers = tokio::task::JoinSet::new();
+    workers.spawn(ferry_scheduler::run(first.clone(), stop_first.clone()));
+    workers.spawn(ferry_dumper::run(first.clone(), stop_first.clone()));
+    let t = Instant::now();
+    request(&client).await?;
+    let dumped = DumpCompleted::decode(next_event(EventKind::Dumped).await?.as_slice())?;
+    let dump_secs = t.elapsed().as_secs_f64();
+
+    // 2. Upload alone: the uploader takes the finished dump's files.
+    let t = Instant::now();
+    workers.spawn(ferry_uploader::run(first.clone(), stop_first.clone()));
+    let up1 = BackupUploaded::decode(next_event(EventKind::Uploaded).await?.as_slice())?;
+    let upload_secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        up1.job_id == dumped.job_id,
+        "an unexpected job was uploaded"
+    );
+    stop_first.cancel();
+    while let Some(done) = workers.join_next().await {
+        done??;
     }
-    Ok(())
+
+    // 3. Both together, into a new prefix: every byte is uploaded again.
+    let second =
+        ferry_runtime::Runtime::with_client(config(&unique_name("bench"))?, client.clone()).await?;
+    let stop = CancellationToken::new();
+    workers.spawn(ferry_scheduler::run(second.clone(), stop.clone()));
+    workers.spawn(ferry_dumper::run(second.clone(), stop.clone()));
+    workers.spawn(ferry_uploader::run(second.clone(), stop.clone()));
+    let t = Instant::now();
+    request(&client).await?;
+    let up2 = BackupUploaded::decode(next_event(EventKind::Uploaded).await?.as_slice())?;
+    let e2e_secs = t.elapsed().as_secs_f64();
+    stop.cancel();
+    while let Some(done) = workers.join_next().await {
+        done??;
+    }
+    Ok(Pipeline {
+        database,
+        dump_secs,
+        upload_secs,
+        e2e_secs,
+        uploaded: (up1.bytes_uploaded, up2.bytes_uploaded),
+    })
 }
