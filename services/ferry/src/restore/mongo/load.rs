@@ -24,6 +24,31 @@ const BATCH_DOCS: usize = 10_000;
 /// The largest document a .bson file may hold (16 MiB plus the server's slack).
 const MAX_DOCUMENT: usize = 16 * 1024 * 1024 + 16 * 1024;
 
+/// The options `listCollections` reported, as `create` accepts them. A time-series
+/// collection is listed with its `granularity` and the bucket span that granularity
+/// implies; servers that insist a span comes with an equal `bucketRoundingSeconds`
+/// and no granularity refuse them together, so a span that only restates the
+/// granularity's default is left out (the collection is the same either way).
+fn creatable(mut options: Document) -> Document {
+    if let Ok(ts) = options.get_document_mut("timeseries") {
+        let implied = match ts.get_str("granularity") {
+            Ok("seconds") => Some(3_600),
+            Ok("minutes") => Some(86_400),
+            Ok("hours") => Some(2_592_000),
+            _ => None,
+        };
+        let span = match ts.get("bucketMaxSpanSeconds") {
+            Some(Bson::Int32(v)) => Some(i64::from(*v)),
+            Some(Bson::Int64(v)) => Some(*v),
+            _ => None,
+        };
+        if implied.is_some() && span == implied && !ts.contains_key("bucketRoundingSeconds") {
+            ts.remove("bucketMaxSpanSeconds");
+        }
+    }
+    options
+}
+
 /// Creates, loads and indexes one collection; returns the documents inserted.
 #[allow(clippy::too_many_arguments)]
 pub async fn collection(
@@ -41,7 +66,7 @@ pub async fn collection(
     let options = meta.get_document("options").cloned().unwrap_or_default();
     let capped = options.get_bool("capped").unwrap_or(false);
     let mut create = doc! { "create": &item.name };
-    create.extend(options);
+    create.extend(creatable(options));
     db.run_command(create)
         .await
         .with_context(|| format!("creating {db_name}.{} with its options", item.name))?;
@@ -196,4 +221,22 @@ pub fn next_document(reader: &mut dyn Read, name: &str) -> anyhow::Result<Option
     RawDocumentBuf::from_bytes(bytes)
         .map(Some)
         .with_context(|| format!("{name} holds an invalid document"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_span_that_restates_the_granularity_is_left_out_and_custom_ones_kept() {
+        let listed = doc! { "timeseries": { "timeField": "t", "granularity": "seconds", "bucketMaxSpanSeconds": 3600 } };
+        assert_eq!(
+            creatable(listed),
+            doc! { "timeseries": { "timeField": "t", "granularity": "seconds" } }
+        );
+        let custom = doc! { "timeseries": { "timeField": "t", "bucketMaxSpanSeconds": 600, "bucketRoundingSeconds": 600 } };
+        assert_eq!(creatable(custom.clone()), custom);
+        let plain = doc! { "capped": true, "size": 4096 };
+        assert_eq!(creatable(plain.clone()), plain);
+    }
 }
