@@ -14,17 +14,29 @@ use tokio_util::sync::CancellationToken;
 
 const STEP: Duration = Duration::from_secs(120);
 
+/// What both machines' configurations share; they differ only in the node name and
+/// the spool directory.
+struct Shared<'a> {
+    nats: &'a NatsServer,
+    server: &'a S3Server,
+    pg: &'a PgCluster,
+    db_name: &'a str,
+    dir: &'a Path,
+    prefix: &'a str,
+    password_file: &'a Path,
+}
+
 /// One machine's configuration: everything shared but its own spool directory.
-fn machine_config(
-    nats: &NatsServer,
-    server: &S3Server,
-    dir: &Path,
-    machine: &str,
-    prefix: &str,
-    db_url: &str,
-    password_file: &Path,
-    pg_bin: &Path,
-) -> Config {
+fn machine_config(shared: &Shared<'_>, machine: &str) -> Config {
+    let Shared {
+        nats,
+        server,
+        pg,
+        db_name,
+        dir,
+        prefix,
+        password_file,
+    } = shared;
     let (id, secret) = server.write_key_files(dir);
     let toml = format!(
         r#"
@@ -65,7 +77,8 @@ password_file = "{pw}"
         region = server.region,
         id = id.display(),
         secret = secret.display(),
-        pg_bin = pg_bin.display(),
+        pg_bin = pg.bin_dir.display(),
+        db_url = pg.url_without_password(db_name),
         pw = password_file.display(),
     );
     Config::from_toml(&toml).unwrap_or_else(|e| panic!("test config is valid: {e}\n{toml}"))
@@ -101,19 +114,19 @@ async fn a_dumper_and_an_uploader_without_a_shared_disk_make_a_restorable_backup
     let password_file = dir.path().join("pg-password");
     std::fs::write(&password_file, format!("{}\n", pg.password)).unwrap();
     let prefix = unique_name("nats-spool");
-    let config = |machine: &str| {
-        machine_config(
-            &nats,
-            &server,
-            dir.path(),
-            machine,
-            &prefix,
-            &pg.url_without_password(&db.name),
-            &password_file,
-            &pg.bin_dir,
-        )
+    let shared = Shared {
+        nats: &nats,
+        server: &server,
+        pg: &pg,
+        db_name: &db.name,
+        dir: dir.path(),
+        prefix: &prefix,
+        password_file: &password_file,
     };
-    let (dumper_config, uploader_config) = (config("db-host"), config("upload-host"));
+    let (dumper_config, uploader_config) = (
+        machine_config(&shared, "db-host"),
+        machine_config(&shared, "upload-host"),
+    );
 
     // The dumper on one machine; the scheduler and uploader on another.
     let client = nats.client().await;
