@@ -52,6 +52,12 @@ enum Bench {
         /// Size of the PostgreSQL database of the dump/upload overlap run, in GB.
         #[arg(long, default_value_t = 0.5)]
         pipeline_gb: f64,
+        /// `[uploader] part_size` in MiB (default: the uploader's).
+        #[arg(long)]
+        part_mib: Option<u64>,
+        /// `[uploader] parts_in_flight` (default: the uploader's).
+        #[arg(long)]
+        parts_in_flight: Option<usize>,
     },
     /// Ferry's PostgreSQL dumper against `pg_dump | zstd` and `pg_dump -Fc`.
     PgDump {
@@ -134,7 +140,16 @@ async fn main() -> anyhow::Result<()> {
             server,
             mib,
             pipeline_gb,
-        } => upload::run(&server, mib, pipeline_gb).await,
+            part_mib,
+            parts_in_flight,
+        } => {
+            let defaults = ferry_runtime::config::UploaderConfig::default();
+            let tuning = upload::Tuning {
+                part_size: part_mib.map_or(defaults.part_size.0, |m| m << 20),
+                parts_in_flight: parts_in_flight.unwrap_or(defaults.parts_in_flight),
+            };
+            upload::run(&server, mib, pipeline_gb, tuning).await
+        }
         Bench::PgDump {
             big_gb,
             small_gb,

@@ -24,10 +24,6 @@ use ferry_uploader::transfer::{FileRef, Transfer};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-/// The uploader's defaults (`[uploader]`).
-const PART_SIZE: u64 = 8 << 20;
-const PARTS_IN_FLIGHT: usize = 8;
-
 fn store(server: &S3Server, prefix: &str) -> Arc<dyn ObjectStore> {
     Arc::new(S3Store::new(S3Options {
         bucket: server.bucket.clone(),
@@ -78,7 +74,18 @@ fn mib_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / (1 << 20) as f64 / secs
 }
 
-pub async fn run(server: &str, mib: usize, pipeline_gb: f64) -> anyhow::Result<()> {
+/// The uploader's settings under test (`[uploader] part_size, parts_in_flight`).
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    pub part_size: u64,
+    pub parts_in_flight: usize,
+}
+
+pub async fn run(server: &str, mib: usize, pipeline_gb: f64, tuning: Tuning) -> anyhow::Result<()> {
+    let Tuning {
+        part_size,
+        parts_in_flight,
+    } = tuning;
     let server = match server {
         "moto" => S3Server::moto().await,
         "garage" => S3Server::garage().await,
@@ -104,8 +111,8 @@ pub async fn run(server: &str, mib: usize, pipeline_gb: f64) -> anyhow::Result<(
     let transfer = Transfer::new(
         store(&server, &unique_name("bench")),
         spool.clone(),
-        PART_SIZE,
-        PARTS_IN_FLIGHT,
+        part_size,
+        parts_in_flight,
         RetryPolicy::default(),
     );
     let file = FileRef {
@@ -124,7 +131,7 @@ pub async fn run(server: &str, mib: usize, pipeline_gb: f64) -> anyhow::Result<(
     let rss = crate::peak_rss_mib();
 
     // 2. Overlap, with the real workers.
-    let pipeline = real_pipeline(&server, pipeline_gb).await?;
+    let pipeline = real_pipeline(&server, pipeline_gb, tuning).await?;
     let rss_pipeline = crate::peak_rss_mib();
 
     // Baseline: the whole file in one PUT on one connection.
@@ -138,8 +145,8 @@ pub async fn run(server: &str, mib: usize, pipeline_gb: f64) -> anyhow::Result<(
 
     let total = bytes as u64;
     println!(
-        "multipart ({} MiB parts, {PARTS_IN_FLIGHT} in flight): {multipart:.2}s = {:.1} MiB/s",
-        PART_SIZE >> 20,
+        "multipart ({} MiB parts, {parts_in_flight} in flight): {multipart:.2}s = {:.1} MiB/s",
+        part_size >> 20,
         mib_s(total, multipart)
     );
     println!(
@@ -198,7 +205,7 @@ pub struct Pipeline {
 
 /// The overlap of the real dumper and uploader: dump alone, then upload alone,
 /// then both together on a new store prefix.
-pub async fn real_pipeline(server: &S3Server, gb: f64) -> anyhow::Result<Pipeline> {
+pub async fn real_pipeline(server: &S3Server, gb: f64, tuning: Tuning) -> anyhow::Result<Pipeline> {
     use ferry_proto::subjects::EventKind;
     use ferry_proto::v1::{BackupFailed, BackupUploaded, DumpCompleted};
     use prost::Message;
@@ -231,6 +238,9 @@ access_key_id_file = "{key_id}"
 secret_access_key_file = "{secret}"
 [http]
 listen = ""
+[uploader]
+part_size = {part_size}
+parts_in_flight = {parts_in_flight}
 [dumper]
 pg_bin_dir = "{pg_bin}"
 compression_level = 1
@@ -251,6 +261,8 @@ timeout = "2h"
             pg_bin = pg.bin_dir.display(),
             url = pg.url_without_password(&database.0),
             password = password.display(),
+            part_size = tuning.part_size,
+            parts_in_flight = tuning.parts_in_flight,
         ))?)
     };
     let client = nats.client().await;
