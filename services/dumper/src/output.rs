@@ -264,17 +264,23 @@ impl JobOutput {
             tokio::fs::create_dir_all(parent).await?;
         }
         let (sender, mut chunks) = tokio::sync::mpsc::channel::<Vec<u8>>(CHUNKS_QUEUED);
+        // Compressed chunks come back to be filled again: a fresh 1 MiB buffer is a
+        // fresh mapping whose pages the kernel must fault in and zero.
+        let (give_back, recycled) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHUNKS_QUEUED + 1);
         let compression = self.inner.compression;
         let task = tokio::task::spawn_blocking(move || {
             let mut compressor = Compressor::create(&path, compression)?;
             // Blocking on the channel is what a blocking-pool thread is for.
-            while let Some(chunk) = chunks.blocking_recv() {
+            while let Some(mut chunk) = chunks.blocking_recv() {
                 compressor.write(&chunk)?;
+                chunk.clear();
+                let _ = give_back.try_send(chunk);
             }
             compressor.finish()
         });
         Ok(OutputFile {
             chunk: Vec::with_capacity(CHUNK_BYTES),
+            recycled,
             sender: Some(PollSender::new(sender)),
             task: Some(task),
             early: None,
@@ -397,6 +403,8 @@ pub struct OutputFile {
     chunk: Vec<u8>,
     /// None once the input is complete.
     sender: Option<PollSender<Vec<u8>>>,
+    /// Emptied chunks the compressing thread gave back.
+    recycled: std::sync::mpsc::Receiver<Vec<u8>>,
     task: Option<JoinHandle<std::io::Result<(u64, String)>>>,
     /// The compressing thread's result once it ended early (e.g. the disk filled).
     early: Option<std::io::Error>,
@@ -431,7 +439,11 @@ impl OutputFile {
         };
         let sent = match std::task::ready!(sender.poll_reserve(cx)) {
             Ok(()) => {
-                let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_BYTES));
+                let next = self
+                    .recycled
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(CHUNK_BYTES));
+                let chunk = std::mem::replace(&mut self.chunk, next);
                 sender.send_item(chunk).is_ok()
             }
             Err(_) => false,
