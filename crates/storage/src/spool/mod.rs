@@ -16,8 +16,6 @@ mod nats;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
 
 pub use nats::NatsSpool;
 
@@ -163,48 +161,4 @@ impl Spool for DirSpool {
     fn describe(&self) -> String {
         format!("dir:{}", self.root.display())
     }
-}
-
-/// Size and lowercase hex SHA-256 of a file, read in fixed-size chunks so memory stays
-/// flat whatever the file's size.
-pub async fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut file = tokio::fs::File::open(path).await?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((size, hex::encode(hasher.finalize())))
-}
-
-/// Every regular file under `dir`, as paths relative to it with `/` separators,
-/// sorted.
-pub fn list_files(dir: &Path) -> std::io::Result<Vec<String>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let entry = entry?;
-            let ty = entry.file_type()?;
-            if ty.is_dir() {
-                stack.push(entry.path());
-            } else if ty.is_file() {
-                let rel = entry
-                    .path()
-                    .strip_prefix(dir)
-                    .expect("under dir")
-                    .to_string_lossy()
-                    .replace('\\', "/");
-                out.push(rel);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
 }
