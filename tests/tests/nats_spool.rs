@@ -177,9 +177,11 @@ async fn a_dumper_and_an_uploader_without_a_shared_disk_make_a_restorable_backup
         .await
         .unwrap();
     ferry_testkit::wait_until("the spool bucket to drop the job", STEP, || async {
-        (!bucket.has_job(&uploaded.job_id).await.unwrap()
-            && bucket.marker(&uploaded.job_id).await.unwrap().is_none())
-        .then_some(())
+        let mut left = bucket.marker(&uploaded.job_id).await.unwrap().is_some();
+        for file in &manifest.files {
+            left |= bucket.has_file(&uploaded.job_id, &file.name).await.unwrap();
+        }
+        (!left).then_some(())
     })
     .await;
 

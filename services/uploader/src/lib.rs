@@ -136,7 +136,12 @@ impl Handler for FileUploader {
         };
         // An early start only: whatever goes wrong here, `DumpCompleted` uploads the
         // file again and reports a failure there, once, for the whole job.
-        match self.transfer.spool.has_job(&ready.job_id).await {
+        match self
+            .transfer
+            .spool
+            .has_file(&ready.job_id, &file.name)
+            .await
+        {
             Ok(true) => {}
             _ => return Ok(vec![]),
         }
@@ -230,7 +235,14 @@ impl Uploader {
         }
 
         let spool = &self.transfer.spool;
-        if !spool.has_job(&dump.job_id).await.unwrap_or(false) && !dump.files.is_empty() {
+        let visible = match dump.files.first() {
+            Some(first) => spool
+                .has_file(&dump.job_id, &first.name)
+                .await
+                .unwrap_or(false),
+            None => true,
+        };
+        if !visible {
             let location = dump
                 .spool
                 .as_ref()

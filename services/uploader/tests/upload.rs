@@ -306,10 +306,16 @@ async fn nats_spool_carries_files_between_machines() {
     let spool = ferry_runtime::store::open_spool(&env.rt.config.spool, &env.rt.jetstream, 1)
         .await
         .unwrap();
-    assert!(
-        !spool.has_job(&job.completed.job_id).await.unwrap(),
-        "spool cleaned"
-    );
+    for file in &job.completed.files {
+        assert!(
+            !spool
+                .has_file(&job.completed.job_id, &file.name)
+                .await
+                .unwrap(),
+            "spool cleaned of {}",
+            file.name
+        );
+    }
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }

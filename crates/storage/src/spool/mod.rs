@@ -31,8 +31,9 @@ pub trait Spool: Send + Sync + std::fmt::Debug {
     async fn put_file(&self, job_id: &str, name: &str, local: &Path) -> std::io::Result<()>;
     /// Streams a spool file.
     async fn open(&self, job_id: &str, name: &str) -> std::io::Result<Body>;
-    /// Whether the spool holds any file of `job_id`.
-    async fn has_job(&self, job_id: &str) -> std::io::Result<bool>;
+    /// Whether the spool holds file `name` of `job_id` (one lookup, whatever else
+    /// the spool holds).
+    async fn has_file(&self, job_id: &str, name: &str) -> std::io::Result<bool>;
     /// Records that the dump of `job_id` is complete, with the dumper's summary
     /// (an encoded `DumpCompleted`), replacing any earlier marker.
     async fn put_marker(&self, job_id: &str, summary: &[u8]) -> std::io::Result<()>;
@@ -126,8 +127,8 @@ impl Spool for DirSpool {
         )))
     }
 
-    async fn has_job(&self, job_id: &str) -> std::io::Result<bool> {
-        tokio::fs::try_exists(self.job_dir(job_id)?).await
+    async fn has_file(&self, job_id: &str, name: &str) -> std::io::Result<bool> {
+        tokio::fs::try_exists(self.file_path(job_id, name)?).await
     }
 
     async fn put_marker(&self, job_id: &str, summary: &[u8]) -> std::io::Result<()> {

@@ -126,10 +126,18 @@ impl Spool for NatsSpool {
         }
     }
 
-    async fn has_job(&self, job_id: &str) -> std::io::Result<bool> {
-        check_names(job_id, None)?;
-        let marker = marker_name(job_id);
-        Ok(self.names_of(job_id).await?.iter().any(|n| *n != marker))
+    async fn has_file(&self, job_id: &str, name: &str) -> std::io::Result<bool> {
+        check_names(job_id, Some(name))?;
+        let object = format!("{job_id}/{name}");
+        // The object's last metadata record: a direct lookup, not a bucket listing.
+        match self.store.info(object.as_str()).await {
+            Ok(info) => Ok(!info.deleted),
+            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err(
+                &format!("cannot look up {object} in spool bucket {}", self.bucket),
+                e,
+            )),
+        }
     }
 
     async fn put_marker(&self, job_id: &str, summary: &[u8]) -> std::io::Result<()> {
