@@ -129,7 +129,7 @@ pub async fn child(url: String, db: String, out: PathBuf, parallel: usize) -> an
             object: object_key(&f.sha256),
             size: f.size,
             sha256: f.sha256.clone(),
-            compression: f.compression.clone(),
+            compression: ferry_storage::Compression::parse(&f.compression).unwrap(),
             reused: false,
         })
         .collect();
@@ -137,7 +137,7 @@ pub async fn child(url: String, db: String, out: PathBuf, parallel: usize) -> an
         format: ferry_storage::manifest::FORMAT_VERSION,
         backup_id: "bench".into(),
         source: "bench".into(),
-        engine: "mongodb".into(),
+        engine: ferry_storage::Engine::Mongodb,
         job_id: "bench".into(),
         server_version: result.server_version,
         tool_version: result.tool_version,

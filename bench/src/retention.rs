@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{TimeZone, Utc};
-use ferry_retention::{GcOptions, catalog, gc, plan};
+use ferry_retention::{GcOptions, gc, plan};
 use ferry_runtime::config::RetentionPolicy;
 use ferry_storage::layout::{manifest_key, object_key};
-use ferry_storage::{FsStore, Manifest, ManifestFile, ObjectStore};
+use ferry_storage::{Catalog, FsStore, Manifest, ManifestFile, ObjectStore};
+use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 
 const OWN: usize = 80;
@@ -51,7 +52,7 @@ pub async fn run(backups: usize, dir: Option<PathBuf>) -> anyhow::Result<()> {
         "keep_hourly = 48\nkeep_daily = 30\nkeep_weekly = 12\nkeep_monthly = 12\nkeep_yearly = 3",
     )?;
     let clock = Instant::now();
-    let infos = catalog::load_backups(&store, source).await?;
+    let infos = ferry_retention::backups_of(&Catalog::new(&store), source).await?;
     let listed = clock.elapsed();
     let now = start() + chrono::Duration::hours(backups as i64);
     let clock = Instant::now();
@@ -76,10 +77,11 @@ pub async fn run(backups: usize, dir: Option<PathBuf>) -> anyhow::Result<()> {
         store.delete(&manifest_key(source, &backup_id(i))).await?;
     }
     let clock = Instant::now();
+    // The baseline: the store's own listing, page by page, nothing kept.
     let bare = store
         .list(ferry_storage::layout::OBJECTS_PREFIX)
-        .await?
-        .len();
+        .try_fold(0usize, |n, page| async move { Ok(n + page.len()) })
+        .await?;
     let bare_listing = clock.elapsed();
     let clock = Instant::now();
     let outcome = gc::collect_garbage(
@@ -89,6 +91,7 @@ pub async fn run(backups: usize, dir: Option<PathBuf>) -> anyhow::Result<()> {
             // Every generated object is past the grace period.
             now: SystemTime::now() + Duration::from_secs(86_400),
             batch: 1000,
+            max_candidates: gc::MAX_CANDIDATES,
         },
     )
     .await?;
@@ -162,7 +165,7 @@ fn generate(root: &Path, source: &str, backups: usize, pool: usize) -> anyhow::R
                     object: object_key(&sha),
                     size: content.len() as u64,
                     sha256: sha,
-                    compression: "none".into(),
+                    compression: ferry_storage::Compression::None,
                     reused,
                 }
             })

@@ -8,7 +8,6 @@ use ferry_e2e::TestEnv;
 use ferry_proto::Message;
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupFailed, BackupUploaded, JobRequested};
-use ferry_storage::layout::source_prefix;
 
 const STEP: Duration = Duration::from_secs(90);
 
@@ -92,7 +91,10 @@ async fn a_job_delivered_twice_makes_one_backup() {
     })
     .await;
 
-    let manifests = env.store().list(&source_prefix("once")).await.unwrap();
+    let manifests = ferry_storage::Catalog::new(env.store().as_ref())
+        .backups(Some("once"))
+        .await
+        .unwrap();
     assert_eq!(manifests.len(), 1, "{manifests:?}");
     let spool = env.dir.path().join("spool");
     let left: Vec<_> = std::fs::read_dir(&spool).unwrap().collect();

@@ -11,7 +11,12 @@ use std::ops::Range;
 
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::{Body, ObjectMeta, ObjectStore, PartReceipt, PendingUpload, StorageError, check_key};
+use futures::StreamExt;
+
+use crate::{
+    Body, LIST_PAGE, ListPages, ObjectMeta, ObjectStore, PartReceipt, PendingUpload, StorageError,
+    check_key,
+};
 
 /// Temporary files live here until renamed into place, so a crash mid-write never
 /// leaves a partial object under its final key. `list` skips this directory.
@@ -147,55 +152,36 @@ impl ObjectStore for FsStore {
         }
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
-        // Walk only the directory the prefix points into, not the whole store.
+    fn list<'a>(&'a self, prefix: &'a str) -> ListPages<'a> {
+        // Walk only the directory the prefix points into, not the whole store, one
+        // page per blocking task: std's directory reader is cheaper per entry than
+        // a tokio call per entry, and the walk holds one directory handle per level.
         let (dir_part, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
-        let start = self.root.join(dir_part);
-        let mut out = Vec::new();
-        let mut stack = vec![start];
-        while let Some(dir) = stack.pop() {
-            let mut entries = match tokio::fs::read_dir(&dir).await {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(StorageError::io("list", prefix, e)),
+        let walk = Walk {
+            root: self.root.clone(),
+            prefix: prefix.to_string(),
+            stack: vec![self.root.join(dir_part)],
+            current: None,
+        };
+        futures::stream::try_unfold(Some(walk), |walk| async move {
+            let Some(mut walk) = walk else {
+                return Ok(None);
             };
-            while let Some(entry) = entries
-                .next_entry()
-                .await
-                .map_err(|e| StorageError::io("list", prefix, e))?
-            {
-                let path = entry.path();
-                let rel = path
-                    .strip_prefix(&self.root)
-                    .expect("walk stays under the root");
-                let key = rel.to_string_lossy().replace('\\', "/");
-                if key == TMP_DIR {
-                    continue;
-                }
-                let meta = match entry.metadata().await {
-                    Ok(meta) => meta,
-                    // Deleted between reading the directory and looking at the
-                    // entry (retention runs while others list): not there any more.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(StorageError::io("list", prefix, e)),
-                };
-                if meta.is_dir() {
-                    if key.starts_with(prefix) || prefix.starts_with(&format!("{key}/")) {
-                        stack.push(path);
-                    }
-                } else if key.starts_with(prefix) {
-                    out.push(ObjectMeta {
-                        key,
-                        size: meta.len(),
-                        modified: meta
-                            .modified()
-                            .map_err(|e| StorageError::io("list", prefix, e))?,
-                    });
-                }
+            let (walk, page) = tokio::task::spawn_blocking(move || {
+                let page = walk.next_page();
+                (walk, page)
+            })
+            .await
+            .map_err(|e| StorageError::io("list", "", std::io::Error::other(e)))?;
+            let page = page?;
+            if page.is_empty() {
+                return Ok(None);
             }
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+            // A short page means the walk is over; the next poll ends the stream.
+            let more = page.len() == LIST_PAGE;
+            Ok(Some((page, more.then_some(walk))))
+        })
+        .boxed()
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
@@ -281,5 +267,71 @@ impl ObjectStore for FsStore {
 
     async fn list_multipart(&self, prefix: &str) -> Result<Vec<PendingUpload>, StorageError> {
         crate::fs_multipart::list(self, prefix).await
+    }
+}
+
+/// A depth-first walk of the directories under a listing's prefix.
+struct Walk {
+    root: PathBuf,
+    prefix: String,
+    /// Directories still to read.
+    stack: Vec<PathBuf>,
+    /// The directory being read.
+    current: Option<std::fs::ReadDir>,
+}
+
+impl Walk {
+    /// Up to [`LIST_PAGE`] objects; fewer only at the end of the walk.
+    fn next_page(&mut self) -> Result<Vec<ObjectMeta>, StorageError> {
+        let prefix = self.prefix.clone();
+        let err = |e: std::io::Error| StorageError::io("list", &prefix, e);
+        let mut page = Vec::new();
+        while page.len() < LIST_PAGE {
+            let Some(entries) = self.current.as_mut() else {
+                let Some(dir) = self.stack.pop() else { break };
+                match std::fs::read_dir(&dir) {
+                    Ok(entries) => self.current = Some(entries),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(err(e)),
+                }
+                continue;
+            };
+            let Some(entry) = entries.next() else {
+                self.current = None;
+                continue;
+            };
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(err(e)),
+            };
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(&self.root)
+                .expect("walk stays under the root");
+            let key = rel.to_string_lossy().replace('\\', "/");
+            if key == TMP_DIR {
+                continue;
+            }
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                // Deleted between reading the directory and looking at the entry
+                // (retention runs while others list): not there any more.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(err(e)),
+            };
+            if meta.is_dir() {
+                if key.starts_with(&self.prefix) || self.prefix.starts_with(&format!("{key}/")) {
+                    self.stack.push(path);
+                }
+            } else if key.starts_with(&self.prefix) {
+                page.push(ObjectMeta {
+                    key,
+                    size: meta.len(),
+                    modified: meta.modified().map_err(err)?,
+                });
+            }
+        }
+        Ok(page)
     }
 }

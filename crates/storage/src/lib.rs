@@ -8,12 +8,11 @@
 //! - `backups/<source>/<backup-id>.json`: manifests, written last: a backup exists
 //!   only when its manifest does.
 
+pub mod catalog;
 mod fs;
 mod fs_multipart;
 pub mod layout;
 pub mod manifest;
-pub mod manifest_mongo;
-pub mod postgres_manifest;
 pub mod retry;
 mod s3;
 mod s3_error;
@@ -25,15 +24,22 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use tokio::io::AsyncRead;
 
 pub use fs::FsStore;
-pub use manifest::{Manifest, ManifestFile};
-pub use manifest_mongo::MongoManifest;
+pub use catalog::{BackupEntry, Catalog, CatalogError};
+pub use manifest::{Compression, Engine, Manifest, ManifestFile, MongoManifest, PostgresManifest};
 pub use s3::{RequestChecksum, S3Credentials, S3Options, S3Store};
 
 /// A streaming body for `put`.
 pub type Body = Box<dyn AsyncRead + Send + Unpin>;
+
+/// A listing: pages of objects, each at most [`LIST_PAGE`] long.
+pub type ListPages<'a> = BoxStream<'a, Result<Vec<ObjectMeta>, StorageError>>;
+
+/// Objects per listing page: S3's own maximum, so one page is one request there.
+pub const LIST_PAGE: usize = 1000;
 
 /// What a store knows about an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,8 +156,13 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     async fn get(&self, key: &str) -> Result<Body, StorageError>;
     /// The object's metadata, or `None` when absent.
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError>;
-    /// Every object whose key starts with `prefix`, sorted by key.
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
+    /// Every object whose key starts with `prefix`, as a stream of pages of at most
+    /// [`LIST_PAGE`] objects, so a listing costs one page of memory whatever the
+    /// size of the bucket. S3 stores yield keys in key order; the directory store
+    /// yields each directory in the order the file system returns it (sorting a
+    /// million-entry directory would mean holding it), so callers that need an
+    /// order sort what they keep.
+    fn list<'a>(&'a self, prefix: &'a str) -> ListPages<'a>;
     /// Deletes the object at `key`; deleting an absent key is not an error.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
     /// A short description for logs (`fs:/var/lib/ferry/store/ferry`).

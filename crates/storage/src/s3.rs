@@ -23,8 +23,11 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 
 use crate::s3_error::map;
+use futures::{StreamExt, TryStreamExt};
+
 use crate::{
-    Body, ObjectMeta, ObjectStore, PartReceipt, PendingUpload, StorageError, check_key, content_md5,
+    Body, LIST_PAGE, ListPages, ObjectMeta, ObjectStore, PartReceipt, PendingUpload, StorageError,
+    check_key, content_md5,
 };
 
 /// Part size of [`ObjectStore::put`] when a streamed body is too large for one
@@ -301,35 +304,54 @@ impl ObjectStore for S3Store {
         }
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
-        let full = self.full_prefix(prefix);
-        let mut out = Vec::new();
-        let mut token = None;
-        loop {
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(&full)
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| map("list", prefix, e))?;
-            for object in page.contents() {
-                let Some(key) = object.key() else { continue };
-                out.push(ObjectMeta {
-                    key: self.relative(key),
-                    size: object.size().unwrap_or(0).max(0) as u64,
-                    modified: system_time(object.last_modified()),
-                });
-            }
-            match page.next_continuation_token() {
-                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_string()),
-                _ => break,
-            }
+    fn list<'a>(&'a self, prefix: &'a str) -> ListPages<'a> {
+        // One ListObjectsV2 request per page; the continuation token is the only
+        // state carried between pages.
+        enum Next {
+            Start,
+            Token(String),
+            Done,
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        let full = self.full_prefix(prefix);
+        futures::stream::try_unfold(Next::Start, move |next| {
+            let full = full.clone();
+            async move {
+                let token = match next {
+                    Next::Start => None,
+                    Next::Token(t) => Some(t),
+                    Next::Done => return Ok(None),
+                };
+                let page = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(&self.bucket)
+                    .prefix(&full)
+                    .max_keys(LIST_PAGE as i32)
+                    .set_continuation_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| map("list", prefix, e))?;
+                let objects: Vec<ObjectMeta> = page
+                    .contents()
+                    .iter()
+                    .filter_map(|object| {
+                        Some(ObjectMeta {
+                            key: self.relative(object.key()?),
+                            size: object.size().unwrap_or(0).max(0) as u64,
+                            modified: system_time(object.last_modified()),
+                        })
+                    })
+                    .collect();
+                let next = match page.next_continuation_token() {
+                    Some(t) if page.is_truncated() == Some(true) => Next::Token(t.to_string()),
+                    _ => Next::Done,
+                };
+                Ok(Some((objects, next)))
+            }
+        })
+        // An empty page (an empty prefix, or a store that pages oddly) says nothing.
+        .try_filter(|page| futures::future::ready(!page.is_empty()))
+        .boxed()
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {

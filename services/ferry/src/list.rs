@@ -1,32 +1,29 @@
 //! `ferry list`: backups from the manifests, newest first.
 
-use ferry_storage::layout::{BACKUPS_PREFIX, source_prefix};
-use ferry_storage::{Manifest, ObjectStore, get_bytes};
+use ferry_storage::{Catalog, Manifest, ObjectStore};
+use futures::StreamExt;
 
-/// Every backup (of one source, when given), newest first.
+/// Every backup (of one source, when given), newest first in the catalog's order
+/// (the time in the backup id): the same order `--backup latest` resolves by.
 pub async fn backups(
     store: &dyn ObjectStore,
     source: Option<&str>,
 ) -> anyhow::Result<Vec<Manifest>> {
-    let prefix = source
-        .map(source_prefix)
-        .unwrap_or_else(|| BACKUPS_PREFIX.to_string());
+    let catalog = Catalog::new(store);
+    let entries = catalog.backups(source).await?;
+    let mut manifests = catalog.manifests(entries);
     let mut out = Vec::new();
-    for meta in store.list(&prefix).await? {
-        if !meta.key.ends_with(".json") {
-            continue;
-        }
-        let bytes = get_bytes(store, &meta.key).await?;
-        match Manifest::from_json(&bytes) {
+    while let Some((entry, manifest)) = manifests.next().await {
+        match manifest {
             Ok(m) => out.push(m),
-            Err(e) => eprintln!("warning: {}: {e}", meta.key),
+            // Deleted by retention since the listing.
+            Err(ferry_storage::CatalogError::NoSuchBackup { .. }) => {}
+            Err(ferry_storage::CatalogError::Unreadable { key, why }) => {
+                eprintln!("warning: {key}: {why}")
+            }
+            Err(e) => return Err(anyhow::anyhow!("backup {} of {}: {e}", entry.id, entry.source)),
         }
     }
-    out.sort_by(|a, b| {
-        b.completed_at
-            .cmp(&a.completed_at)
-            .then_with(|| b.backup_id.cmp(&a.backup_id))
-    });
     Ok(out)
 }
 

@@ -463,7 +463,7 @@ async fn restore_to_dir(
         manifest.files.len(),
         dir.display()
     );
-    if manifest.engine == "mongodb" {
+    if manifest.engine == ferry_storage::Engine::Mongodb {
         eprintln!("  mongorestore --dir {} --oplogReplay", dir.display());
     } else {
         for db in &manifest.databases {

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
-use ferry_retention::{Plan, Retention, catalog};
+use ferry_retention::{Plan, Retention};
+use ferry_storage::Catalog;
 use ferry_runtime::config::SourceConfig;
 use ferry_runtime::{Config, Runtime};
 
@@ -59,7 +60,8 @@ pub async fn run(config: Config, command: RetentionCommand) -> anyhow::Result<Ex
             let store = ferry_runtime::store::open(&config.storage)?;
             let tz = ferry_runtime::schedule::parse_timezone(&source.timezone)
                 .unwrap_or(chrono_tz::Tz::UTC);
-            let backups = catalog::load_backups(store.as_ref(), &source.name).await?;
+            let backups =
+                ferry_retention::backups_of(&Catalog::new(store.as_ref()), &source.name).await?;
             let policy = config.retention.policy_for(&source);
             let plan = ferry_retention::plan(&backups, policy, tz, at.unwrap_or_else(Utc::now));
             if json {
@@ -131,9 +133,11 @@ pub async fn keep(
 ) -> anyhow::Result<ExitCode> {
     let store = ferry_runtime::store::open(&config.storage)?;
     let backup_id = if backup == "latest" {
-        crate::restore::find_backup(store.as_ref(), source, "latest")
+        Catalog::new(store.as_ref())
+            .latest(source)
             .await?
-            .backup_id
+            .ok_or_else(|| anyhow::anyhow!("source {source} has no backups in {}", store.describe()))?
+            .id
     } else {
         backup.to_string()
     };
@@ -143,7 +147,9 @@ pub async fn keep(
     let retention = Retention::new(rt, store.clone()).await?;
     retention
         .with_source_lease(source, "ferry-keep", || async {
-            catalog::set_keep_mark(store.as_ref(), source, &backup_id, !remove).await
+            Catalog::new(store.as_ref())
+                .set_keep_mark(source, &backup_id, !remove)
+                .await
         })
         .await??;
     if remove {

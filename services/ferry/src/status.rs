@@ -1,6 +1,7 @@
 //! `ferry status`: per source, the last success, the last failure, the next
-//! scheduled run and whether a backup is running now, from the event stream, the
-//! registry and the lease bucket (no other state exists).
+//! scheduled run and whether a backup is running now, from the catalog (the latest
+//! backup, resolved as every command resolves it), the event stream, the registry
+//! and the lease bucket (no other state exists).
 
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
@@ -9,6 +10,7 @@ use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupFailed, BackupUploaded, Stage};
 use ferry_runtime::Runtime;
 use ferry_scheduler::cron::Schedule;
+use ferry_storage::Catalog;
 use serde::Serialize;
 
 /// One source's status.
@@ -56,21 +58,46 @@ pub struct Failure {
     pub message: String,
 }
 
+/// The source's latest backup, as the catalog resolves `latest` for every command.
+async fn latest_backup(catalog: &Catalog<'_>, source: &str) -> anyhow::Result<Option<Success>> {
+    match catalog.resolve(source, "latest").await {
+        Ok(m) => Ok(Some(Success {
+            backup_id: m.backup_id,
+            at: Some(m.completed_at),
+            bytes_total: m.bytes_total,
+        })),
+        Err(ferry_storage::CatalogError::NoBackups { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The status of every source, by name.
 pub async fn collect(rt: &Runtime) -> anyhow::Result<Vec<SourceStatus>> {
     let events = rt.jetstream.get_stream(subjects::EVENTS_STREAM).await?;
     let locks = rt.jetstream.get_key_value(subjects::LOCKS_BUCKET).await?;
     let now = Utc::now();
+    let store = ferry_runtime::store::open(&rt.config.storage)?;
+    let catalog = Catalog::new(store.as_ref());
     let mut out = Vec::new();
     for s in rt.sources.all() {
         let name = s.config.name.clone();
-        let last_success = last::<BackupUploaded>(&events, EventKind::Uploaded, &name)
-            .await
-            .map(|u| Success {
-                at: u.occurred_at.as_ref().and_then(ferry_proto::from_timestamp),
-                backup_id: u.backup_id,
-                bytes_total: u.bytes_total,
-            });
+        let last_success = match latest_backup(&catalog, &name).await {
+            Ok(latest) => latest,
+            // The store is away: the event stream still knows the last success.
+            Err(e) => {
+                eprintln!(
+                    "warning: cannot read the backups of {name} from {} ({e}); showing the last success event instead",
+                    store.describe()
+                );
+                last::<BackupUploaded>(&events, EventKind::Uploaded, &name)
+                    .await
+                    .map(|u| Success {
+                        at: u.occurred_at.as_ref().and_then(ferry_proto::from_timestamp),
+                        backup_id: u.backup_id,
+                        bytes_total: u.bytes_total,
+                    })
+            }
+        };
         let last_failure = last::<BackupFailed>(&events, EventKind::Failed, &name)
             .await
             .map(|f| Failure {

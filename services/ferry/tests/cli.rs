@@ -522,7 +522,7 @@ async fn restore_to_a_mongodb_server_with_rename_and_drop() {
             object,
             size: f.size,
             sha256: f.sha256.clone(),
-            compression: f.compression.clone(),
+            compression: ferry_storage::Compression::parse(&f.compression).unwrap(),
             reused: false,
         });
     }
@@ -530,7 +530,7 @@ async fn restore_to_a_mongodb_server_with_rename_and_drop() {
         format: ferry_storage::manifest::FORMAT_VERSION,
         backup_id: "20261122T000000Z-cli".into(),
         source: "cat".into(),
-        engine: "mongodb".into(),
+        engine: ferry_storage::Engine::Mongodb,
         job_id: "cli".into(),
         server_version: dump.server_version.clone(),
         tool_version: dump.tool_version.clone(),

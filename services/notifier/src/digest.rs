@@ -12,7 +12,7 @@ use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupFailed, BackupUploaded, Stage};
 use ferry_runtime::config::Severity;
 use ferry_runtime::{HandlerError, Runtime};
-use ferry_storage::layout::{backup_id_of, source_prefix};
+use ferry_storage::Catalog;
 use futures::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -128,16 +128,12 @@ pub async fn build_digest(
     slowest.truncate(3);
 
     let store = ferry_runtime::store::open(&rt.config.storage)?;
+    let catalog = Catalog::new(store.as_ref());
     for digest in per_source.values_mut() {
-        let ids: Vec<String> = store
-            .list(&source_prefix(&digest.source))
-            .await?
-            .into_iter()
-            .filter_map(|m| backup_id_of(&digest.source, &m.key))
-            .collect();
-        // Backup ids start with their UTC time, so they sort by age.
-        digest.oldest = ids.iter().min().cloned();
-        digest.newest = ids.iter().max().cloned();
+        // Newest first, in the order every command resolves `latest` by.
+        let backups = catalog.backups(Some(&digest.source)).await?;
+        digest.newest = backups.first().map(|b| b.id.clone());
+        digest.oldest = backups.last().map(|b| b.id.clone());
     }
     Ok(Digest {
         start,

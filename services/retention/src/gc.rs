@@ -3,26 +3,39 @@
 //! Objects are shared between backups, so an object may go only when no manifest
 //! of any source references it. The order of the steps is what makes it safe:
 //!
-//! 1. List the objects first, and take as candidates only those older than the
-//!    grace period: an upload in flight has objects but no manifest yet, and its
-//!    objects are young.
-//! 2. Then read every manifest. A manifest written after step 1 is seen here, so an
-//!    object a new backup reuses is found referenced.
-//! 3. Re-check each unreferenced candidate just before deleting it: an uploader
-//!    that stored the same content again since step 1 made it young, and it stays.
-//! 4. Delete in batches.
+//! 1. Read every manifest (through the catalog) into the referenced set, and note
+//!    which manifests were read.
+//! 2. Stream the object listing page by page; an object is a candidate when it is
+//!    older than the grace period (an upload in flight has objects but no manifest
+//!    yet, and its objects are young) and not referenced. Candidates are held (as
+//!    digests) until the listing ends or `max_candidates` are held.
+//! 3. Then list the manifests again and read the ones not read yet: a backup
+//!    committed since step 1, reusing an old object, protects it. Every manifest
+//!    committed before this check protects its objects, as in a collection that
+//!    reads the manifests after listing every object.
+//! 4. Re-check each remaining candidate just before deleting it: an uploader that
+//!    stored the same content again since the listing made it young, and it stays.
+//!    Delete in batches; then go on with the listing (back to step 2).
 //!
 //! A crash at any point leaves only unreferenced objects, which the next run
 //! collects. An unreadable manifest stops the collection: without knowing what it
 //! references, deleting anything could break a backup.
+//!
+//! Memory: the referenced set is held as 64-bit fingerprints of object keys (8
+//! bytes per referenced object), the manifests read as fingerprints of their keys,
+//! one page of the listing, and at most `max_candidates` candidates (about 40
+//! bytes each); nothing grows with the number of objects in the bucket. Two keys sharing a fingerprint can
+//! only keep garbage (an unreferenced object taken for referenced), never delete a
+//! referenced object; with a million objects the chance of even one is about 10⁻⁷.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
 
-use ferry_storage::layout::{BACKUPS_PREFIX, OBJECTS_PREFIX};
-use ferry_storage::{Manifest, ObjectStore, StorageError, get_bytes};
+use ferry_storage::layout::OBJECTS_PREFIX;
+use ferry_storage::{Catalog, CatalogError, ObjectStore, StorageError};
 
 /// Manifests read at once, and candidates re-checked at once.
 const READ_CONCURRENCY: usize = 32;
@@ -36,7 +49,14 @@ pub struct GcOptions {
     pub now: SystemTime,
     /// Objects deleted per batch.
     pub batch: usize,
+    /// Candidates held before the manifests are checked again and the candidates
+    /// deleted; bounds the collection's memory whatever the bucket holds.
+    pub max_candidates: usize,
 }
+
+/// The usual bound on held candidates: 4 MB of digests, and one extra listing of
+/// the manifests per 100,000 objects collected.
+pub const MAX_CANDIDATES: usize = 100_000;
 
 /// What a collection did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,97 +73,178 @@ pub struct GcOutcome {
     pub skipped: Option<String>,
 }
 
+/// The set of objects the manifests reference, and which manifests were read.
+#[derive(Default)]
+struct References {
+    objects: HashSet<u64>,
+    manifests: HashSet<u64>,
+}
+
+/// Why reading the manifests stopped the collection.
+enum Stop {
+    /// This manifest cannot be read: nothing may be deleted.
+    Unreadable(String),
+    /// The store failed.
+    Storage(StorageError),
+}
+
+impl From<StorageError> for Stop {
+    fn from(e: StorageError) -> Self {
+        Stop::Storage(e)
+    }
+}
+
+impl References {
+    /// Reads every manifest not read yet, adding what it references; returns how
+    /// many were read.
+    async fn read_new(&mut self, catalog: Catalog<'_>) -> Result<u64, Stop> {
+        let mut read = 0;
+        let mut pages = std::pin::pin!(catalog.manifest_keys());
+        while let Some(page) = pages.try_next().await? {
+            let new: Vec<String> = page
+                .into_iter()
+                .filter(|k| !self.manifests.contains(&fingerprint(k)))
+                .collect();
+            // Owned values in the stream: borrowed ones make the future not `Send`
+            // for every lifetime, which a spawned worker needs.
+            let mut manifests = futures::stream::iter(new)
+                .map(|key| async move {
+                    let manifest = catalog.read_key(&key).await;
+                    (key, manifest)
+                })
+                .buffer_unordered(READ_CONCURRENCY);
+            while let Some((key, manifest)) = manifests.next().await {
+                match manifest {
+                    Ok(Some(m)) => {
+                        self.objects
+                            .extend(m.files.iter().map(|f| fingerprint(&f.object)));
+                        self.manifests.insert(fingerprint(&key));
+                        read += 1;
+                    }
+                    // Deleted by a retention run since the listing: it references
+                    // nothing.
+                    Ok(None) => {}
+                    Err(CatalogError::Storage(e)) => return Err(Stop::Storage(e)),
+                    Err(e) => {
+                        tracing::warn!(manifest = %key, error = %e, "garbage collection skipped");
+                        return Err(Stop::Unreadable(format!(
+                            "{e}; fix or remove it so garbage collection can run"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(read)
+    }
+}
+
 /// Collects the objects no manifest references.
 pub async fn collect_garbage(
     store: &dyn ObjectStore,
     options: GcOptions,
 ) -> Result<GcOutcome, StorageError> {
+    let catalog = Catalog::new(store);
     let mut outcome = GcOutcome::default();
     let cutoff = options
         .now
         .checked_sub(options.grace)
         .unwrap_or(SystemTime::UNIX_EPOCH);
+    let batch_size = options.batch.max(1);
 
-    // 1. Old objects. Keys are kept as 32-byte digests where they are the usual
-    // `objects/<sha256>`, so a million candidates cost 32 MB, not a million strings.
+    // 1. Every manifest of every source: objects are shared across sources.
+    let mut refs = References::default();
+    match refs.read_new(catalog).await {
+        Ok(n) => outcome.manifests_read += n,
+        Err(Stop::Storage(e)) => return Err(e),
+        Err(Stop::Unreadable(why)) => {
+            outcome.skipped = Some(why);
+            return Ok(outcome);
+        }
+    }
+
+    // 2-4. Old, unreferenced objects, held up to the bound, then checked against
+    // manifests committed since and deleted.
+    let hold = options.max_candidates.max(1);
     let mut candidates: Vec<(ObjectKey, u64)> = Vec::new();
-    for meta in store.list(OBJECTS_PREFIX).await? {
-        outcome.objects_seen += 1;
-        if meta.modified < cutoff {
-            candidates.push((ObjectKey::of(&meta.key), meta.size));
-        }
-    }
-    if candidates.is_empty() {
-        return Ok(outcome);
-    }
-
-    // 2. Every manifest of every source: objects are shared across sources.
-    let manifest_keys: Vec<String> = store
-        .list(BACKUPS_PREFIX)
-        .await?
-        .into_iter()
-        .map(|m| m.key)
-        .filter(|k| k.ends_with(".json"))
-        .collect();
-    let mut referenced: HashSet<ObjectKey> = HashSet::new();
-    let mut manifests = futures::stream::iter(manifest_keys)
-        .map(|key| async move {
-            match get_bytes(store, &key).await {
-                Ok(bytes) => Ok((key, Some(bytes))),
-                // Deleted by a retention run since the listing: it references nothing.
-                Err(StorageError::NotFound { .. }) => Ok((key, None)),
-                Err(e) => Err(e),
-            }
-        })
-        .buffer_unordered(READ_CONCURRENCY);
-    while let Some((key, bytes)) = manifests.try_next().await? {
-        let Some(bytes) = bytes else { continue };
-        outcome.manifests_read += 1;
-        match Manifest::from_json(&bytes) {
-            Ok(m) => referenced.extend(m.files.iter().map(|f| ObjectKey::of(&f.object))),
-            Err(e) => {
-                let why = format!(
-                    "manifest {key} is unreadable ({e}); fix or remove it so garbage collection can run"
-                );
-                tracing::warn!(manifest = %key, error = %e, "garbage collection skipped");
-                outcome.skipped = Some(why);
-                return Ok(outcome);
+    let mut pages = catalog.objects();
+    loop {
+        let page = pages.try_next().await?;
+        let end = page.is_none();
+        for meta in page.into_iter().flatten() {
+            outcome.objects_seen += 1;
+            if meta.modified < cutoff && !refs.objects.contains(&fingerprint(&meta.key)) {
+                candidates.push((ObjectKey::of(&meta.key), meta.size));
             }
         }
-    }
-    drop(manifests);
-
-    // 3 and 4. Unreferenced candidates, re-checked, deleted in batches.
-    let garbage: Vec<(ObjectKey, u64)> = candidates
-        .into_iter()
-        .filter(|(k, _)| !referenced.contains(k))
-        .collect();
-    drop(referenced);
-    // Owned values in the streams: borrowed ones make the future not `Send` for
-    // every lifetime, which a spawned worker needs.
-    let mut garbage = garbage.into_iter().peekable();
-    while garbage.peek().is_some() {
-        let batch: Vec<(ObjectKey, u64)> = garbage.by_ref().take(options.batch.max(1)).collect();
-        let still_old: Vec<(String, u64)> = futures::stream::iter(batch)
-            .map(|(key, size)| async move {
-                let key = key.to_key();
-                let old = match store.head(&key).await? {
-                    Some(meta) => meta.modified < cutoff,
-                    None => false,
-                };
-                Ok::<_, StorageError>(old.then_some((key, size)))
-            })
-            .buffer_unordered(READ_CONCURRENCY)
-            .try_filter_map(|x| async move { Ok(x) })
-            .try_collect()
-            .await?;
-        let keys: Vec<String> = still_old.iter().map(|(k, _)| k.clone()).collect();
-        // One request per batch on S3 (DeleteObjects takes up to 1,000 keys).
-        store.delete_many(&keys).await?;
-        outcome.objects_deleted += still_old.len() as u64;
-        outcome.bytes_freed += still_old.iter().map(|(_, s)| s).sum::<u64>();
+        while candidates.len() >= hold || (end && !candidates.is_empty()) {
+            let take = candidates.len().min(hold);
+            let held: Vec<(ObjectKey, u64)> = candidates.drain(..take).collect();
+            // 3. Manifests committed since the last check protect what they reference.
+            match refs.read_new(catalog).await {
+                Ok(n) => outcome.manifests_read += n,
+                Err(Stop::Storage(e)) => return Err(e),
+                Err(Stop::Unreadable(why)) => {
+                    outcome.skipped = Some(why);
+                    return Ok(outcome);
+                }
+            }
+            let mut garbage = held
+                .into_iter()
+                .filter(|(k, _)| !refs.objects.contains(&k.fingerprint()))
+                .peekable();
+            while garbage.peek().is_some() {
+                let batch: Vec<(ObjectKey, u64)> = garbage.by_ref().take(batch_size).collect();
+                let (deleted, freed) = delete_batch(store, batch, cutoff).await?;
+                outcome.objects_deleted += deleted;
+                outcome.bytes_freed += freed;
+            }
+        }
+        if end {
+            break;
+        }
     }
     Ok(outcome)
+}
+
+/// 4. Re-checks and deletes one batch; returns the objects and bytes deleted.
+async fn delete_batch(
+    store: &dyn ObjectStore,
+    batch: Vec<(ObjectKey, u64)>,
+    cutoff: SystemTime,
+) -> Result<(u64, u64), StorageError> {
+    let still_old: Vec<(String, u64)> = futures::stream::iter(batch)
+        .map(|(key, size)| async move {
+            let key = key.to_key();
+            let old = match store.head(&key).await? {
+                Some(meta) => meta.modified < cutoff,
+                None => false,
+            };
+            Ok::<_, StorageError>(old.then_some((key, size)))
+        })
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_filter_map(|x| async move { Ok(x) })
+        .try_collect()
+        .await?;
+    if still_old.is_empty() {
+        return Ok((0, 0));
+    }
+    let keys: Vec<String> = still_old.iter().map(|(k, _)| k.clone()).collect();
+    // One request per batch on S3 (DeleteObjects takes up to 1,000 keys).
+    store.delete_many(&keys).await?;
+    Ok((
+        still_old.len() as u64,
+        still_old.iter().map(|(_, s)| s).sum::<u64>(),
+    ))
+}
+
+/// The 64-bit fingerprint of an object or manifest key: the first 8 bytes of the
+/// digest an `objects/<sha256>` key names, or of the SHA-256 of any other key.
+fn fingerprint(key: &str) -> u64 {
+    let digest: [u8; 32] = match key.strip_prefix(OBJECTS_PREFIX).and_then(parse_sha256) {
+        Some(d) => d,
+        None => Sha256::digest(key.as_bytes()).into(),
+    };
+    u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
 /// An object key, compact when it is `objects/<sha256>`.
@@ -159,6 +260,13 @@ impl ObjectKey {
             .and_then(parse_sha256)
             .map(ObjectKey::Digest)
             .unwrap_or_else(|| ObjectKey::Other(key.to_string()))
+    }
+
+    fn fingerprint(&self) -> u64 {
+        match self {
+            ObjectKey::Digest(d) => u64::from_be_bytes(d[..8].try_into().expect("8 bytes")),
+            ObjectKey::Other(k) => fingerprint(k),
+        }
     }
 
     fn to_key(&self) -> String {
@@ -191,6 +299,19 @@ fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprints_follow_the_digest_and_tell_keys_apart() {
+        let sha = "ab".repeat(32);
+        assert_eq!(fingerprint(&format!("objects/{sha}")), 0xabab_abab_abab_abab);
+        let keys = ["objects/AB", "objects/xyz", "backups/s/1.json", "backups/s/2.json"];
+        let prints: HashSet<u64> = keys.iter().map(|k| fingerprint(k)).collect();
+        assert_eq!(prints.len(), keys.len());
+        assert_eq!(fingerprint("objects/xyz"), fingerprint("objects/xyz"));
+        for key in [format!("objects/{sha}"), "objects/AB".to_string()] {
+            assert_eq!(ObjectKey::of(&key).fingerprint(), fingerprint(&key));
+        }
+    }
 
     #[test]
     fn object_keys_round_trip() {

@@ -12,7 +12,6 @@
 //! - **Reports** `RetentionApplied` with the kept and deleted backups (each with
 //!   its rule), the objects deleted and the bytes freed.
 
-pub mod catalog;
 pub mod gc;
 pub mod plan;
 
@@ -27,11 +26,11 @@ use ferry_proto::{Message, reason};
 use ferry_runtime::config::SourceConfig;
 use ferry_runtime::lease::{self, Holder, Lease};
 use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
-use ferry_storage::{ObjectStore, StorageError};
+use ferry_storage::{Catalog, ObjectStore, StorageError};
 use tokio_util::sync::CancellationToken;
 
 pub use gc::{GcOptions, GcOutcome};
-pub use plan::{BackupInfo, Decision, Plan, plan};
+pub use plan::{BackupInfo, Decision, Plan, backups_of, plan};
 
 /// The lease key that serialises garbage collection across replicas.
 pub const GC_LEASE: &str = "retention-gc";
@@ -184,9 +183,15 @@ impl Retention {
         let tz =
             ferry_runtime::schedule::parse_timezone(&source.timezone).unwrap_or(chrono_tz::Tz::UTC);
         let policy = self.rt.config.retention.policy_for(source);
-        let backups = catalog::load_backups(self.store.as_ref(), &source.name).await?;
+        let catalog = Catalog::new(self.store.as_ref());
+        let backups = backups_of(&catalog, &source.name).await?;
         let plan = plan(&backups, policy, tz, now);
-        catalog::delete_expired(self.store.as_ref(), &source.name, &plan).await?;
+        // Newest plan first, manifests only: their objects go with garbage
+        // collection afterwards (see `gc`).
+        for d in &plan.delete {
+            catalog.delete(&source.name, &d.id).await?;
+            tracing::info!(source = %source.name, backup_id = %d.id, rule = d.rule, "expired backup deleted");
+        }
         Ok(plan)
     }
 
@@ -209,6 +214,7 @@ impl Retention {
             grace: self.rt.config.retention.gc_grace,
             now,
             batch: self.rt.config.retention.delete_batch,
+            max_candidates: gc::MAX_CANDIDATES,
         };
         let result = tokio::select! {
             r = gc::collect_garbage(self.store.as_ref(), options) => r,

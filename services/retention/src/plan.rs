@@ -32,6 +32,30 @@ pub struct BackupInfo {
     pub keep_mark: bool,
 }
 
+impl From<ferry_storage::BackupEntry> for BackupInfo {
+    fn from(e: ferry_storage::BackupEntry) -> Self {
+        BackupInfo {
+            id: e.id,
+            time: e.time,
+            keep_mark: e.kept,
+        }
+    }
+}
+
+/// A source's backups as the planner takes them, from the catalog: one listing,
+/// no manifest read (the time is the one the id starts with).
+pub async fn backups_of(
+    catalog: &ferry_storage::Catalog<'_>,
+    source: &str,
+) -> Result<Vec<BackupInfo>, ferry_storage::StorageError> {
+    Ok(catalog
+        .backups(Some(source))
+        .await?
+        .into_iter()
+        .map(BackupInfo::from)
+        .collect())
+}
+
 /// What happens to one backup and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {

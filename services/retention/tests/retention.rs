@@ -141,6 +141,65 @@ async fn objects_uploaded_during_a_run_are_not_collected() {
 }
 
 #[tokio::test]
+async fn a_backup_committed_during_collection_protects_the_old_objects_it_reuses() {
+    run_all_kinds(|kind| async move {
+        let env = Env::start(kind, POLICY).await;
+        let garbage = vec![
+            env.put_object(b"old garbage one").await,
+            env.put_object(b"old garbage two").await,
+        ];
+        env.age_objects().await;
+        // While the first old object is being deleted, a backup that reuses the
+        // other one commits.
+        let reused = Arc::new(std::sync::Mutex::new(None::<String>));
+        let (inner, slot, candidates) = (env.store.clone(), reused.clone(), garbage.clone());
+        let store = Wrapped::around(env.store.clone(), move |op, key| {
+            let (inner, slot, candidates) = (inner.clone(), slot.clone(), candidates.clone());
+            async move {
+                if op != "delete" || slot.lock().unwrap().is_some() {
+                    return;
+                }
+                let other = candidates.iter().find(|k| **k != key).unwrap().clone();
+                support::Env::commit_reusing(
+                    inner.as_ref(),
+                    "orders",
+                    "20260301T000000Z-reuser",
+                    std::slice::from_ref(&other),
+                )
+                .await;
+                *slot.lock().unwrap() = Some(other);
+            }
+        });
+        // One candidate held at a time: the manifests are checked again before
+        // each deletion.
+        let outcome = ferry_retention::gc::collect_garbage(
+            store.as_ref(),
+            ferry_retention::GcOptions {
+                grace: Duration::from_secs(1),
+                now: std::time::SystemTime::now(),
+                batch: 1,
+                max_candidates: 1,
+            },
+        )
+        .await
+        .unwrap();
+        let reused = reused
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the racing backup committed");
+        assert!(
+            env.store.head(&reused).await.unwrap().is_some(),
+            "{kind:?}: the object the new backup reuses survives"
+        );
+        assert_eq!(outcome.objects_deleted, 1, "{kind:?}: {outcome:?}");
+        assert_eq!(outcome.manifests_read, 1, "{kind:?}: {outcome:?}");
+        env.assert_restorable("orders").await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_run_killed_midway_leaves_every_backup_restorable_and_the_next_run_finishes() {
     run_all_kinds(|kind| async move {
         for kill_at_delete in [2usize, 12, 25] {
@@ -218,16 +277,14 @@ async fn keep_marks_survive_and_the_last_backup_is_never_deleted() {
         let env = Env::start(kind, "{ max_age = \"1day\" }").await;
         let source = "orders";
         let ids = thirty_backups(&env, source).await;
-        ferry_retention::catalog::set_keep_mark(env.store.as_ref(), source, &ids[3], true)
+        let catalog = ferry_storage::Catalog::new(env.store.as_ref());
+        catalog
+            .set_keep_mark(source, &ids[3], true)
             .await
             .unwrap();
-        let missing = ferry_retention::catalog::set_keep_mark(
-            env.store.as_ref(),
-            source,
-            "20200101T000000Z-nothere",
-            true,
-        )
-        .await;
+        let missing = catalog
+            .set_keep_mark(source, "20200101T000000Z-nothere", true)
+            .await;
         assert!(missing.unwrap_err().to_string().contains("not found"));
         env.age_objects().await;
         // A year later every backup is past max_age: the mark and min_keep decide.

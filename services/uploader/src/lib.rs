@@ -7,7 +7,6 @@
 //! `DumpFileReady` covered, and commits. Idempotent on `job_id`: when the manifest
 //! already exists, the job is done and the event is re-announced from it.
 
-mod details;
 mod jobs;
 pub mod transfer;
 
@@ -15,12 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::subjects::{self, EventKind};
-use ferry_proto::v1::{BackupUploaded, DumpCompleted, DumpFileReady, Engine, Stage};
+use ferry_proto::v1::{BackupUploaded, DumpCompleted, DumpFileReady, Stage};
 use ferry_proto::{Message, reason};
 use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
 use ferry_storage::layout::{manifest_key, object_key};
 use ferry_storage::retry::RetryPolicy;
-use ferry_storage::{Manifest, ManifestFile, get_bytes};
+use ferry_storage::{Catalog, CatalogError, Compression, Manifest, ManifestFile};
 use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -221,13 +220,14 @@ impl Uploader {
     async fn store_backup(&self, dump: DumpCompleted) -> Result<Vec<Outgoing>, HandlerError> {
         let key = manifest_key(&dump.source, &dump.backup_id);
         let store = &self.transfer.store;
+        let catalog = Catalog::new(store.as_ref());
         let existing = self
             .transfer
             .retry
-            .run("head", || store.head(&key))
+            .run("head", || catalog.exists(&dump.source, &dump.backup_id))
             .await
             .map_err(storage_error)?;
-        if existing.is_some() {
+        if existing {
             tracing::info!(manifest = %key, "backup already committed by an earlier delivery");
             let manifest = self.read_manifest(&key).await?;
             self.clean_spool(&dump.job_id).await;
@@ -292,14 +292,20 @@ impl Uploader {
             .as_ref()
             .and_then(ferry_proto::from_timestamp)
             .unwrap_or_else(chrono::Utc::now);
+        let engine = ferry_storage::Engine::from_proto(dump.engine).ok_or_else(|| {
+            HandlerError::permanent(
+                reason::MALFORMED_MESSAGE,
+                format!(
+                    "DumpCompleted of job {} names no known engine ({}); the dumper and uploader disagree on the contract: upgrade them together",
+                    dump.job_id, dump.engine
+                ),
+            )
+        })?;
         let manifest = Manifest {
             format: ferry_storage::manifest::FORMAT_VERSION,
             backup_id: dump.backup_id.clone(),
             source: dump.source.clone(),
-            engine: Engine::try_from(dump.engine)
-                .unwrap_or(Engine::Unspecified)
-                .name()
-                .into(),
+            engine,
             job_id: dump.job_id.clone(),
             server_version: dump.server_version.clone(),
             tool_version: dump.tool_version.clone(),
@@ -312,14 +318,13 @@ impl Uploader {
             bytes_reused,
             trace_id: ferry_telemetry::current_trace_id(),
             postgres: dump.postgres.as_ref().map(Into::into),
-            mongodb: dump.mongodb.as_ref().map(details::mongo_manifest),
+            mongodb: dump.mongodb.as_ref().map(Into::into),
         };
         // The commit point: written last, and only if no earlier attempt wrote it.
-        let body: bytes::Bytes = manifest.to_json().into();
         let created = self
             .transfer
             .retry
-            .run("write manifest", || store.put_if_absent(&key, body.clone()))
+            .run("write manifest", || catalog.commit(&manifest))
             .instrument(tracing::info_span!("write_manifest", manifest = %key))
             .await
             .map_err(storage_error)?;
@@ -360,22 +365,29 @@ impl Uploader {
                 tracing::info_span!("upload_object", file.name = %file.name, file.size = file.size),
             )
             .await?;
+        let compression = Compression::parse(&file.compression).map_err(|e| {
+            HandlerError::permanent(reason::MALFORMED_MESSAGE, format!("{}: {e}", file.name))
+        })?;
         Ok(ManifestFile {
             object: object_key(&file.sha256),
             name: file.name,
             size: file.size,
             sha256: file.sha256,
-            compression: file.compression,
+            compression,
             reused,
         })
     }
 
     async fn read_manifest(&self, key: &str) -> Result<Manifest, HandlerError> {
-        let bytes = get_bytes(self.transfer.store.as_ref(), key)
-            .await
-            .map_err(storage_error)?;
-        Manifest::from_json(&bytes)
-            .map_err(|e| HandlerError::permanent(reason::STORAGE_ERROR, format!("{key}: {e}")))
+        match Catalog::new(self.transfer.store.as_ref()).read_key(key).await {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err(HandlerError::retryable(
+                reason::STORAGE_ERROR,
+                format!("manifest {key} vanished right after it was written; retrying"),
+            )),
+            Err(CatalogError::Storage(e)) => Err(storage_error(e)),
+            Err(e) => Err(HandlerError::permanent(reason::STORAGE_ERROR, e.to_string())),
+        }
     }
 
     async fn clean_spool(&self, job_id: &str) {

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_storage::{ObjectStore, StorageError, content_md5, get_bytes};
-use futures::StreamExt;
+use ferry_storage::{LIST_PAGE, ObjectMeta, ObjectStore, StorageError, content_md5, get_bytes};
+use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncReadExt;
 
 async fn read_all(mut body: ferry_storage::Body) -> Vec<u8> {
@@ -16,7 +16,8 @@ async fn read_all(mut body: ferry_storage::Body) -> Vec<u8> {
 /// Runs every check. `verifies_md5` says whether the server checks Content-MD5
 /// (AWS, Garage, MinIO, B2, R2 and the local store do; moto, a test double, does
 /// not, so there a damaged body is accepted and only Ferry's SHA-256 catches it).
-pub async fn conformance(store: &dyn ObjectStore, verifies_md5: bool) {
+/// `ordered_listing`: whether the store lists in key order (S3 does).
+pub async fn conformance(store: &dyn ObjectStore, verifies_md5: bool, ordered_listing: bool) {
     // Round trip of a streamed object larger than one streaming part (8 MiB), so
     // S3 stores take the multipart path of `put`.
     let big: Vec<u8> = (0..9 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
@@ -178,9 +179,10 @@ pub async fn conformance(store: &dyn ObjectStore, verifies_md5: bool) {
         b"first"
     );
 
-    // Listing: by prefix, sorted, past 1,000 keys (S3 pages at 1,000), nothing
-    // outside the prefix.
-    let keys: Vec<String> = (0..1100).map(|i| format!("many/{i:05}")).collect();
+    // Listing: by prefix, past 1,000 keys (S3 pages at 1,000), in pages of at most
+    // LIST_PAGE, every key once, nothing outside the prefix. S3 stores list in key
+    // order; the directory store in the file system's order.
+    let keys: Vec<String> = (0..2100).map(|i| format!("many/{i:05}")).collect();
     futures::stream::iter(keys.clone())
         .map(|key| async move {
             store
@@ -191,21 +193,27 @@ pub async fn conformance(store: &dyn ObjectStore, verifies_md5: bool) {
         .buffer_unordered(16)
         .collect::<Vec<()>>()
         .await;
-    let listed = store.list("many/").await.unwrap();
-    assert_eq!(listed.len(), 1100);
-    assert!(listed.windows(2).all(|w| w[0].key < w[1].key));
-    assert_eq!(listed[0].key, "many/00000");
-    let some = store.list("many/0001").await.unwrap();
+    let pages: Vec<Vec<ObjectMeta>> = store.list("many/").try_collect().await.unwrap();
+    assert!(pages.len() >= 3, "2,100 keys come in several pages");
+    assert!(
+        pages.iter().all(|p| !p.is_empty() && p.len() <= LIST_PAGE),
+        "{:?}",
+        pages.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    let listed: Vec<String> = pages.into_iter().flatten().map(|m| m.key).collect();
+    if ordered_listing {
+        assert!(listed.windows(2).all(|w| w[0] < w[1]), "in key order");
+    }
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(sorted, keys, "every key exactly once");
+    let some = listing(store, "many/0001").await;
     assert_eq!(some.len(), 10, "a prefix inside a name");
-    let backups: Vec<String> = store
-        .list("backups/")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.key)
-        .collect();
-    assert_eq!(backups, ["backups/s/1.json", "backups/s/2.json"]);
-    assert!(store.list("nothing-here/").await.unwrap().is_empty());
+    assert_eq!(
+        listing(store, "backups/").await,
+        ["backups/s/1.json", "backups/s/2.json"]
+    );
+    assert!(listing(store, "nothing-here/").await.is_empty());
 
     // Delete one, delete many (more than one DeleteObjects request's 1,000).
     store.delete("backups/s/1.json").await.unwrap();
@@ -213,7 +221,7 @@ pub async fn conformance(store: &dyn ObjectStore, verifies_md5: bool) {
     let mut doomed = keys.clone();
     doomed.push("many/never-existed".into());
     store.delete_many(&doomed).await.unwrap();
-    assert!(store.list("many/").await.unwrap().is_empty());
+    assert!(listing(store, "many/").await.is_empty());
 
     // Keys that could escape the store are refused.
     for bad in ["", "/etc/passwd", "../up", "a//b", "a/./b"] {
@@ -226,4 +234,16 @@ pub async fn conformance(store: &dyn ObjectStore, verifies_md5: bool) {
             "{bad:?}: {err}"
         );
     }
+}
+
+/// The keys under `prefix`, sorted.
+async fn listing(store: &dyn ObjectStore, prefix: &str) -> Vec<String> {
+    let mut keys: Vec<String> = store
+        .list(prefix)
+        .map_ok(|page| page.into_iter().map(|m| m.key).collect::<Vec<_>>())
+        .try_concat()
+        .await
+        .unwrap();
+    keys.sort();
+    keys
 }

@@ -13,31 +13,19 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use ferry_storage::layout::manifest_key;
-use ferry_storage::{Manifest, ManifestFile, ObjectStore, get_bytes};
+use ferry_storage::{Compression, Manifest, ManifestFile, ObjectStore};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
-/// Resolves `latest` or an id to a manifest.
+/// Resolves `latest` or an id to a manifest, through the catalog.
 pub async fn find_backup(
     store: &dyn ObjectStore,
     source: &str,
     backup: &str,
 ) -> anyhow::Result<Manifest> {
-    if backup == "latest" {
-        return crate::list::backups(store, Some(source))
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| {
-                anyhow::anyhow!("source {source} has no backups in {}", store.describe())
-            });
-    }
-    let key = manifest_key(source, backup);
-    let bytes = get_bytes(store, &key).await.map_err(|e| {
-        anyhow::anyhow!("backup {backup} of {source} not found ({e}); `ferry list --source {source}` shows the backups")
-    })?;
-    Manifest::from_json(&bytes).map_err(|e| anyhow::anyhow!("{key}: {e}"))
+    Ok(ferry_storage::Catalog::new(store)
+        .resolve(source, backup)
+        .await?)
 }
 
 /// The path of a manifest file under `dir`, refusing names that would escape it.
@@ -93,25 +81,24 @@ pub async fn fetch_verified(
 }
 
 /// A reader of a fetched file's original bytes, by its `compression`.
-pub fn decompressed(path: &Path, compression: &str) -> anyhow::Result<Box<dyn Read + Send>> {
+pub fn decompressed(
+    path: &Path,
+    compression: Compression,
+) -> anyhow::Result<Box<dyn Read + Send>> {
     let file = std::io::BufReader::with_capacity(256 * 1024, std::fs::File::open(path)?);
     Ok(match compression {
-        "zstd" => Box::new(zstd::stream::read::Decoder::with_buffer(file)?),
-        "gzip" => Box::new(flate2::read::GzDecoder::new(file)),
-        "none" | "" => Box::new(file),
-        other => anyhow::bail!(
-            "{} uses compression {other:?}, which this Ferry cannot read: upgrade Ferry",
-            path.display()
-        ),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(file)?),
+        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(file)),
+        Compression::None => Box::new(file),
     })
 }
 
 /// The name a file has once decompressed: Ferry's `.zst` suffix removed. gzip files
 /// keep theirs: those are pg_dump's own `.dat.gz`, which pg_restore reads as is.
 pub fn restored_name(file: &ManifestFile) -> &str {
-    match file.compression.as_str() {
-        "zstd" => file.name.strip_suffix(".zst").unwrap_or(&file.name),
-        _ => &file.name,
+    match file.compression {
+        Compression::Zstd => file.name.strip_suffix(".zst").unwrap_or(&file.name),
+        Compression::Gzip | Compression::None => &file.name,
     }
 }
 
@@ -134,7 +121,7 @@ pub async fn fetch_to_dir(
             continue;
         }
         let path = local_path(dir, restored_name(file))?;
-        if file.compression != "zstd" {
+        if file.compression != Compression::Zstd {
             total += fetch_verified(store, file, &path).await?;
             continue;
         }
@@ -202,7 +189,7 @@ async fn fetch_file(
         digest: digest.clone(),
         progress,
     };
-    let compression = file.compression.clone();
+    let compression = file.compression;
     let out_path = path.clone();
     let decoded = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let input = tokio_util::io::SyncIoBridge::new(reader);
@@ -233,16 +220,19 @@ async fn fetch_file(
 
 /// Streams `input` through the decoder named by `compression` into `out`; gzip
 /// files stay compressed, as [`restored_name`] says (pg_restore reads `.gz`).
-fn decompress(compression: &str, input: impl Read, out: &mut impl Write) -> anyhow::Result<()> {
+fn decompress(
+    compression: Compression,
+    input: impl Read,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     match compression {
-        "zstd" => {
+        Compression::Zstd => {
             std::io::copy(&mut zstd::stream::read::Decoder::new(input)?, out)?;
         }
-        "gzip" | "none" | "" => {
+        Compression::Gzip | Compression::None => {
             let mut input = input;
             std::io::copy(&mut input, out)?;
         }
-        other => anyhow::bail!("unknown compression {other:?}: upgrade Ferry"),
     }
     Ok(())
 }

@@ -122,7 +122,7 @@ pub async fn restore(
     manifest: &Manifest,
     opts: &MongoRestoreOptions,
 ) -> anyhow::Result<MongoRestoreReport> {
-    if manifest.engine != "mongodb" {
+    if manifest.engine != ferry_storage::Engine::Mongodb {
         anyhow::bail!(
             "backup {} is a {} backup, not MongoDB: use --to-dir and the engine's own tools",
             manifest.backup_id,
@@ -193,7 +193,7 @@ pub async fn restore(
         Some(file) => {
             let path = staging.path().join("oplog.bson");
             fetch_verified(store, file, &path).await?;
-            let reader = decompressed(&path, &file.compression)?;
+            let reader = decompressed(&path, file.compression)?;
             let end = manifest.mongodb.as_ref().map(|m| m.end_time);
             replay::apply(&client, reader, end, opts).await?
         }
@@ -240,7 +240,7 @@ fn redact(url: &str) -> String {
 
 fn read_metadata(path: &std::path::Path, file: &ManifestFile) -> anyhow::Result<Document> {
     let mut json = Vec::new();
-    std::io::Read::read_to_end(&mut decompressed(path, &file.compression)?, &mut json)?;
+    std::io::Read::read_to_end(&mut decompressed(path, file.compression)?, &mut json)?;
     let value: serde_json::Value =
         serde_json::from_slice(&json).with_context(|| format!("{} is not JSON", file.name))?;
     match Bson::try_from(value) {

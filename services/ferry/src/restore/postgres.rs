@@ -34,7 +34,7 @@ pub async fn restore(
     manifest: &Manifest,
     opts: &PgRestore,
 ) -> anyhow::Result<()> {
-    if manifest.engine != "postgres" {
+    if manifest.engine != ferry_storage::Engine::Postgres {
         anyhow::bail!(
             "backup {} is a {} backup: --to postgres:// restores PostgreSQL backups only",
             manifest.backup_id,

@@ -13,10 +13,11 @@ use chrono::{DateTime, Utc};
 use ferry_retention::{Plan, Retention};
 use ferry_runtime::config::SourceConfig;
 use ferry_runtime::{Config, Runtime};
-use ferry_storage::layout::{
-    BACKUPS_PREFIX, OBJECTS_PREFIX, backup_id_of, manifest_key, object_key, source_prefix,
+use ferry_storage::layout::{BACKUPS_PREFIX, OBJECTS_PREFIX, manifest_key, object_key};
+use ferry_storage::{
+    Body, Catalog, ListPages, Manifest, ObjectMeta, ObjectStore, StorageError, get_bytes,
 };
-use ferry_storage::{Body, Manifest, ObjectMeta, ObjectStore, StorageError, get_bytes};
+use futures::TryStreamExt;
 use ferry_testkit::{NatsServer, S3Server};
 use sha2::{Digest, Sha256};
 
@@ -139,7 +140,7 @@ retention = {policy}
 
     /// What the planner says for `source` at `now` (the dry run).
     pub async fn plan(&self, source: &str, now: DateTime<Utc>) -> Plan {
-        let backups = ferry_retention::catalog::load_backups(self.store.as_ref(), source)
+        let backups = ferry_retention::backups_of(&Catalog::new(self.store.as_ref()), source)
             .await
             .unwrap();
         let config = &self.rt.config;
@@ -189,6 +190,32 @@ retention = {policy}
         id
     }
 
+    /// Commits a backup of `source` whose files are the existing `objects`, as an
+    /// uploader that reused them does.
+    pub async fn commit_reusing(store: &dyn ObjectStore, source: &str, id: &str, objects: &[String]) {
+        let mut files = Vec::new();
+        for (n, object) in objects.iter().enumerate() {
+            let content = get_bytes(store, object).await.unwrap();
+            files.push(serde_json::json!({
+                "name": format!("db/{n}.dat"),
+                "object": object,
+                "size": content.len(),
+                "sha256": hex::encode(Sha256::digest(&content)),
+                "compression": "none",
+                "reused": true,
+            }));
+        }
+        let at = Utc::now();
+        let manifest = serde_json::json!({
+            "format": 1, "backup_id": id, "source": source, "engine": "postgres",
+            "job_id": format!("job-{id}"), "server_version": "15", "tool_version": "pg_dump 15",
+            "started_at": at, "completed_at": at, "databases": ["db"], "files": files,
+            "bytes_total": 0, "bytes_uploaded": 0, "bytes_reused": 0,
+        });
+        let m: Manifest = serde_json::from_value(manifest).expect("a valid manifest");
+        assert!(Catalog::new(store).commit(&m).await.unwrap());
+    }
+
     /// Waits out the grace period, so every object written so far is collectable.
     pub async fn age_objects(&self) {
         tokio::time::sleep(GRACE + Duration::from_millis(500)).await;
@@ -200,13 +227,12 @@ retention = {policy}
 
     /// The backup ids of `source`, sorted.
     pub async fn backup_ids(&self, source: &str) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .store
-            .list(&source_prefix(source))
+        let mut ids: Vec<String> = Catalog::new(self.store.as_ref())
+            .backups(Some(source))
             .await
             .unwrap()
             .into_iter()
-            .filter_map(|m| backup_id_of(source, &m.key))
+            .map(|b| b.id)
             .collect();
         ids.sort();
         ids
@@ -236,13 +262,13 @@ retention = {policy}
     }
 
     pub async fn object_count(&self) -> usize {
-        self.store.list(OBJECTS_PREFIX).await.unwrap().len()
+        self.listing(OBJECTS_PREFIX).await.len()
     }
 
     /// Objects that no manifest of any source references.
     pub async fn unreferenced_objects(&self) -> usize {
         let mut referenced = HashSet::new();
-        for meta in self.store.list(BACKUPS_PREFIX).await.unwrap() {
+        for meta in self.listing(BACKUPS_PREFIX).await {
             if meta.key.ends_with(".json") {
                 let m =
                     Manifest::from_json(&get_bytes(self.store.as_ref(), &meta.key).await.unwrap())
@@ -250,13 +276,16 @@ retention = {policy}
                 referenced.extend(m.files.into_iter().map(|f| f.object));
             }
         }
-        self.store
-            .list(OBJECTS_PREFIX)
+        self.listing(OBJECTS_PREFIX)
             .await
-            .unwrap()
             .iter()
             .filter(|m| !referenced.contains(&m.key))
             .count()
+    }
+
+    /// Every object under `prefix`.
+    pub async fn listing(&self, prefix: &str) -> Vec<ObjectMeta> {
+        self.store.list(prefix).try_concat().await.unwrap()
     }
 }
 
@@ -322,8 +351,8 @@ impl ObjectStore for Wrapped {
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
         self.inner.head(key).await
     }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
-        self.inner.list(prefix).await
+    fn list<'a>(&'a self, prefix: &'a str) -> ListPages<'a> {
+        self.inner.list(prefix)
     }
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         (self.hook)("delete", key.to_string()).await;

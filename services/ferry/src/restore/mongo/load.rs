@@ -75,7 +75,7 @@ pub async fn collection(
     if let Some(file) = &item.data {
         let staged = tempfile::NamedTempFile::new_in(staging)?.into_temp_path();
         fetch_verified(store, file, &staged).await?;
-        let reader = decompressed(&staged, &file.compression)?;
+        let reader = decompressed(&staged, file.compression)?;
         let (tx, rx) = mpsc::channel::<Vec<RawDocumentBuf>>(2);
         let name = file.name.clone();
         let reading = tokio::task::spawn_blocking(move || read_batches(reader, &name, tx));

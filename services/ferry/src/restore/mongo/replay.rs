@@ -5,7 +5,7 @@
 use std::io::Read;
 
 use anyhow::Context;
-use ferry_storage::manifest_mongo::ClusterTime;
+use ferry_storage::manifest::mongo::ClusterTime;
 use mongodb::Client;
 use mongodb::bson::{Document, RawDocumentBuf, doc};
 

@@ -50,3 +50,36 @@ pub struct MongoCollection {
     /// Uncompressed bytes of its `.bson` file.
     pub bytes: u64,
 }
+
+fn cluster_time(t: Option<&ferry_proto::v1::MongoClusterTime>) -> ClusterTime {
+    t.map(|t| ClusterTime {
+        seconds: t.seconds,
+        increment: t.increment,
+    })
+    .unwrap_or_default()
+}
+
+impl From<&ferry_proto::v1::MongoDetails> for MongoManifest {
+    fn from(d: &ferry_proto::v1::MongoDetails) -> Self {
+        MongoManifest {
+            start_time: cluster_time(d.start_time.as_ref()),
+            end_time: cluster_time(d.end_time.as_ref()),
+            oplog_captured: d.oplog_captured,
+            oplog_entries: d.oplog_entries,
+            feature_compatibility_version: d.feature_compatibility_version.clone(),
+            collections: d
+                .collections
+                .iter()
+                .map(|c| MongoCollection {
+                    database: c.database.clone(),
+                    name: c.name.clone(),
+                    kind: c.r#type.clone(),
+                    documents: c.documents,
+                    bytes: c.bytes,
+                })
+                .collect(),
+            dropped: d.dropped.clone(),
+            warnings: d.warnings.clone(),
+        }
+    }
+}

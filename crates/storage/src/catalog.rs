@@ -1,0 +1,283 @@
+//! The catalog: the only code that knows what a store holds. Every command and
+//! worker asks it which backups a source has, which one is `latest`, what a
+//! manifest says, which backups carry keep marks, and which manifests exist at all
+//! (for garbage collection); nobody else lists or parses the layout, so they can
+//! never disagree.
+//!
+//! Order: a source's backups are ordered by the time their id starts with (when
+//! the job was requested), newest first, then by id. That order needs no manifest
+//! read, so it is the same for `ferry list`, `restore --backup latest`, `verify`,
+//! `status`, retention and the digest, also when a later backup completes before
+//! an earlier one. A manifest whose id carries no time is read once for its
+//! completion time.
+//!
+//! Memory: listings are streamed page by page; what is held is one source's
+//! backup entries (bounded by its retention policy), never the bucket's objects.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::layout::{
+    self, BACKUPS_PREFIX, KeyKind, OBJECTS_PREFIX, keep_mark_key, manifest_key, source_prefix,
+};
+use crate::{ListPages, Manifest, ObjectStore, StorageError, get_bytes};
+
+/// Manifests read at once when a listing reads them.
+const READ_CONCURRENCY: usize = 16;
+
+/// One backup, as the store's listing shows it (no manifest read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackupEntry {
+    /// The source.
+    pub source: String,
+    /// The backup id.
+    pub id: String,
+    /// The time the id starts with (when its job was requested), or the manifest's
+    /// completion time for an id without one.
+    pub time: DateTime<Utc>,
+    /// Whether a keep mark protects it from every retention policy.
+    pub kept: bool,
+}
+
+/// What the catalog could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The source has no backup at all.
+    #[error("source {source_name} has no backups in {store}")]
+    NoBackups {
+        /// The source.
+        source_name: String,
+        /// The store, described.
+        store: String,
+    },
+    /// No backup with that id.
+    #[error(
+        "backup {backup_id} of {source_name} not found; `ferry list --source {source_name}` shows the backups"
+    )]
+    NoSuchBackup {
+        /// The source.
+        source_name: String,
+        /// The id asked for.
+        backup_id: String,
+    },
+    /// The manifest exists but cannot be read as one.
+    #[error("manifest {key} is unreadable: {why}")]
+    Unreadable {
+        /// Its key.
+        key: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// The catalog of one store.
+#[derive(Clone, Copy)]
+pub struct Catalog<'a> {
+    store: &'a dyn ObjectStore,
+}
+
+impl<'a> Catalog<'a> {
+    /// The catalog of `store`.
+    pub fn new(store: &'a dyn ObjectStore) -> Self {
+        Catalog { store }
+    }
+
+    /// The store it reads.
+    pub fn store(&self) -> &'a dyn ObjectStore {
+        self.store
+    }
+
+    /// Every backup of `source` (of every source when `None`), newest first.
+    pub async fn backups(&self, source: Option<&str>) -> Result<Vec<BackupEntry>, StorageError> {
+        let prefix = source
+            .map(source_prefix)
+            .unwrap_or_else(|| BACKUPS_PREFIX.to_string());
+        let mut ids: Vec<(String, String)> = Vec::new();
+        let mut kept: HashSet<(String, String)> = HashSet::new();
+        let mut pages = self.store.list(&prefix);
+        while let Some(page) = pages.try_next().await? {
+            for meta in page {
+                match layout::parse_backups_key(&meta.key) {
+                    Some((src, id, KeyKind::Manifest)) => ids.push((src, id)),
+                    Some((src, id, KeyKind::KeepMark)) => {
+                        kept.insert((src, id));
+                    }
+                    None => {}
+                }
+            }
+        }
+        drop(pages);
+        let mut entries = Vec::with_capacity(ids.len());
+        for (src, id) in ids {
+            let time = match layout::backup_time_of(&id) {
+                Some(t) => t,
+                None => match self.read(&src, &id).await {
+                    Ok(m) => m.completed_at,
+                    // Deleted since the listing: not a backup any more.
+                    Err(CatalogError::NoSuchBackup { .. }) => continue,
+                    // An unreadable manifest has no time to order it by; it is left
+                    // out of listings and plans (so never deleted by policy) and
+                    // still protects its objects from garbage collection.
+                    Err(CatalogError::Unreadable { key, why }) => {
+                        tracing::warn!(manifest = %key, error = %why, "unreadable manifest left out of the catalog's listing");
+                        continue;
+                    }
+                    Err(CatalogError::NoBackups { .. }) => continue,
+                    Err(CatalogError::Storage(e)) => return Err(e),
+                },
+            };
+            let kept = kept.contains(&(src.clone(), id.clone()));
+            entries.push(BackupEntry {
+                source: src,
+                id,
+                time,
+                kept,
+            });
+        }
+        entries.sort_by(|a, b| {
+            b.time
+                .cmp(&a.time)
+                .then_with(|| b.id.cmp(&a.id))
+                .then_with(|| a.source.cmp(&b.source))
+        });
+        Ok(entries)
+    }
+
+    /// The newest backup of `source`, if it has one.
+    pub async fn latest(&self, source: &str) -> Result<Option<BackupEntry>, StorageError> {
+        Ok(self.backups(Some(source)).await?.into_iter().next())
+    }
+
+    /// The manifest of `which`: a backup id, or `latest` (the newest by the
+    /// catalog's order; if its manifest is unreadable that is an error naming it,
+    /// not a silent step back to an older backup).
+    pub async fn resolve(&self, source: &str, which: &str) -> Result<Manifest, CatalogError> {
+        if which != "latest" {
+            return self.read(source, which).await;
+        }
+        let latest = self
+            .latest(source)
+            .await?
+            .ok_or_else(|| CatalogError::NoBackups {
+                source_name: source.to_string(),
+                store: self.store.describe(),
+            })?;
+        self.read(source, &latest.id).await
+    }
+
+    /// The manifest of one backup.
+    pub async fn read(&self, source: &str, backup_id: &str) -> Result<Manifest, CatalogError> {
+        match self.read_key(&manifest_key(source, backup_id)).await? {
+            Some(m) => Ok(m),
+            None => Err(CatalogError::NoSuchBackup {
+                source_name: source.to_string(),
+                backup_id: backup_id.to_string(),
+            }),
+        }
+    }
+
+    /// The manifest at `key`, `None` when it is not (or no longer) there.
+    pub async fn read_key(&self, key: &str) -> Result<Option<Manifest>, CatalogError> {
+        let bytes = match get_bytes(self.store, key).await {
+            Ok(b) => b,
+            Err(StorageError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Manifest::from_json(&bytes)
+            .map(Some)
+            .map_err(|why| CatalogError::Unreadable {
+                key: key.to_string(),
+                why,
+            })
+    }
+
+    /// Reads the manifests of `entries` in their order, a few at a time.
+    pub fn manifests(
+        &self,
+        entries: Vec<BackupEntry>,
+    ) -> impl Stream<Item = (BackupEntry, Result<Manifest, CatalogError>)> + 'a {
+        let catalog = *self;
+        futures::stream::iter(entries)
+            .map(move |entry| async move {
+                let manifest = catalog.read(&entry.source, &entry.id).await;
+                (entry, manifest)
+            })
+            .buffered(READ_CONCURRENCY)
+    }
+
+    /// Whether the backup's manifest exists.
+    pub async fn exists(&self, source: &str, backup_id: &str) -> Result<bool, StorageError> {
+        Ok(self
+            .store
+            .head(&manifest_key(source, backup_id))
+            .await?
+            .is_some())
+    }
+
+    /// Writes `manifest`, the commit point of its backup, unless one is already
+    /// there (an earlier delivery of the same job); `false` when it was.
+    pub async fn commit(&self, manifest: &Manifest) -> Result<bool, StorageError> {
+        self.store
+            .put_if_absent(
+                &manifest_key(&manifest.source, &manifest.backup_id),
+                manifest.to_json().into(),
+            )
+            .await
+    }
+
+    /// Deletes a backup's manifest. Only the manifest: its objects go with garbage
+    /// collection, so a crash here leaves unreferenced objects, never a manifest
+    /// without its objects.
+    pub async fn delete(&self, source: &str, backup_id: &str) -> Result<(), StorageError> {
+        self.store.delete(&manifest_key(source, backup_id)).await
+    }
+
+    /// Sets (`keep = true`) or removes a backup's keep mark.
+    pub async fn set_keep_mark(
+        &self,
+        source: &str,
+        backup_id: &str,
+        keep: bool,
+    ) -> Result<(), CatalogError> {
+        let mark = keep_mark_key(source, backup_id);
+        if !keep {
+            self.store.delete(&mark).await?;
+            return Ok(());
+        }
+        if !self.exists(source, backup_id).await? {
+            return Err(CatalogError::NoSuchBackup {
+                source_name: source.to_string(),
+                backup_id: backup_id.to_string(),
+            });
+        }
+        let note = serde_json::json!({ "kept_at": Utc::now().to_rfc3339() });
+        self.store
+            .put_if_absent(&mark, serde_json::to_vec(&note).unwrap_or_default().into())
+            .await?;
+        Ok(())
+    }
+
+    /// The key of every manifest of every source, page by page (for garbage
+    /// collection: objects are shared across sources).
+    pub fn manifest_keys(&self) -> impl Stream<Item = Result<Vec<String>, StorageError>> + 'a {
+        // Every `.json` under `backups/`, also one at an odd depth that no listing
+        // shows: collection must see whatever might reference an object.
+        self.store.list(BACKUPS_PREFIX).map_ok(|page| {
+            page.into_iter()
+                .map(|m| m.key)
+                .filter(|k| k.ends_with(".json"))
+                .collect()
+        })
+    }
+
+    /// Every stored data object, page by page.
+    pub fn objects(&self) -> ListPages<'a> {
+        self.store.list(OBJECTS_PREFIX)
+    }
+}
