@@ -47,9 +47,9 @@ impl Worker {
     }
 }
 
-/// The path of a workspace binary. `cargo nextest run --workspace` (and `cargo
-/// test`) builds every worker binary next to the test executables, because each
-/// worker crate has integration tests of its own binary.
+/// The path of a workspace binary, built next to the test executables by `cargo
+/// build --bins` (which `scripts/test` runs before the tests: a test build alone
+/// builds only the binaries of packages that have integration tests of their own).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
@@ -60,7 +60,7 @@ pub fn binary(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.is_file(),
-        "{} is missing: build the workers with `cargo build --bins` (cargo nextest run --workspace does)",
+        "{} is missing: build the workers with `cargo build --bins` (scripts/test does)",
         path.display()
     );
     // `cargo nextest run -p ferry-e2e` alone does not rebuild other packages'

@@ -3,11 +3,9 @@
 //! agree with the code: binaries, ports, configuration keys, secret variables and
 //! metric names that really exist. No Docker engine or cluster is needed.
 
-mod deploy_support;
-
 use std::collections::BTreeSet;
 
-use deploy_support::*;
+use crate::deploy_support::*;
 use ferry_runtime::Config;
 use serde_yaml::Value;
 
