@@ -27,8 +27,8 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use tokio::io::AsyncRead;
 
-pub use fs::FsStore;
 pub use catalog::{BackupEntry, Catalog, CatalogError};
+pub use fs::FsStore;
 pub use manifest::{Compression, Engine, Manifest, ManifestFile, MongoManifest, PostgresManifest};
 pub use s3::{RequestChecksum, S3Credentials, S3Options, S3Store};
 

@@ -21,7 +21,13 @@ pub async fn backups(
             Err(ferry_storage::CatalogError::Unreadable { key, why }) => {
                 eprintln!("warning: {key}: {why}")
             }
-            Err(e) => return Err(anyhow::anyhow!("backup {} of {}: {e}", entry.id, entry.source)),
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "backup {} of {}: {e}",
+                    entry.id,
+                    entry.source
+                ));
+            }
         }
     }
     Ok(out)

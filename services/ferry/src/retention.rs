@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use ferry_retention::{Plan, Retention};
-use ferry_storage::Catalog;
 use ferry_runtime::config::SourceConfig;
 use ferry_runtime::{Config, Runtime};
+use ferry_storage::Catalog;
 
 /// `ferry retention …`
 #[derive(Subcommand)]
@@ -136,7 +136,9 @@ pub async fn keep(
         Catalog::new(store.as_ref())
             .latest(source)
             .await?
-            .ok_or_else(|| anyhow::anyhow!("source {source} has no backups in {}", store.describe()))?
+            .ok_or_else(|| {
+                anyhow::anyhow!("source {source} has no backups in {}", store.describe())
+            })?
             .id
     } else {
         backup.to_string()

@@ -303,8 +303,16 @@ mod tests {
     #[test]
     fn fingerprints_follow_the_digest_and_tell_keys_apart() {
         let sha = "ab".repeat(32);
-        assert_eq!(fingerprint(&format!("objects/{sha}")), 0xabab_abab_abab_abab);
-        let keys = ["objects/AB", "objects/xyz", "backups/s/1.json", "backups/s/2.json"];
+        assert_eq!(
+            fingerprint(&format!("objects/{sha}")),
+            0xabab_abab_abab_abab
+        );
+        let keys = [
+            "objects/AB",
+            "objects/xyz",
+            "backups/s/1.json",
+            "backups/s/2.json",
+        ];
         let prints: HashSet<u64> = keys.iter().map(|k| fingerprint(k)).collect();
         assert_eq!(prints.len(), keys.len());
         assert_eq!(fingerprint("objects/xyz"), fingerprint("objects/xyz"));

@@ -278,10 +278,7 @@ async fn keep_marks_survive_and_the_last_backup_is_never_deleted() {
         let source = "orders";
         let ids = thirty_backups(&env, source).await;
         let catalog = ferry_storage::Catalog::new(env.store.as_ref());
-        catalog
-            .set_keep_mark(source, &ids[3], true)
-            .await
-            .unwrap();
+        catalog.set_keep_mark(source, &ids[3], true).await.unwrap();
         let missing = catalog
             .set_keep_mark(source, "20200101T000000Z-nothere", true)
             .await;

@@ -379,14 +379,20 @@ impl Uploader {
     }
 
     async fn read_manifest(&self, key: &str) -> Result<Manifest, HandlerError> {
-        match Catalog::new(self.transfer.store.as_ref()).read_key(key).await {
+        match Catalog::new(self.transfer.store.as_ref())
+            .read_key(key)
+            .await
+        {
             Ok(Some(m)) => Ok(m),
             Ok(None) => Err(HandlerError::retryable(
                 reason::STORAGE_ERROR,
                 format!("manifest {key} vanished right after it was written; retrying"),
             )),
             Err(CatalogError::Storage(e)) => Err(storage_error(e)),
-            Err(e) => Err(HandlerError::permanent(reason::STORAGE_ERROR, e.to_string())),
+            Err(e) => Err(HandlerError::permanent(
+                reason::STORAGE_ERROR,
+                e.to_string(),
+            )),
         }
     }
 

@@ -7,6 +7,7 @@ mod delivery;
 mod deploy;
 mod deploy_support;
 mod fleet;
+mod latest;
 mod mongo_consistency;
 mod mongo_roundtrip;
 mod nats_spool;

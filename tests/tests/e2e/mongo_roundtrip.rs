@@ -115,7 +115,7 @@ async fn awkward_data_round_trips_byte_for_byte_with_indexes_and_options() {
     })
     .await;
     let manifest = backup_now(&env, "catalog", STEP).await;
-    assert_eq!(manifest.engine, "mongodb");
+    assert_eq!(manifest.engine, ferry_storage::Engine::Mongodb);
     assert_eq!(manifest.databases, vec![source_db.clone()]);
     let details = manifest
         .mongodb

@@ -220,11 +220,11 @@ mod tests {
 
     #[test]
     fn unknown_engines_and_compressions_are_refused_by_name() {
-        let err = Manifest::from_json(OLD.replace("\"mongodb\"", "\"oracle\"").as_bytes())
-            .unwrap_err();
+        let err =
+            Manifest::from_json(OLD.replace("\"mongodb\"", "\"oracle\"").as_bytes()).unwrap_err();
         assert!(err.contains("oracle"), "{err}");
-        let err = Manifest::from_json(OLD.replace("\"gzip\"", "\"brotli\"").as_bytes())
-            .unwrap_err();
+        let err =
+            Manifest::from_json(OLD.replace("\"gzip\"", "\"brotli\"").as_bytes()).unwrap_err();
         assert!(err.contains("brotli"), "{err}");
         assert_eq!(
             Compression::parse("lz4").unwrap_err().to_string(),

@@ -81,10 +81,7 @@ pub async fn fetch_verified(
 }
 
 /// A reader of a fetched file's original bytes, by its `compression`.
-pub fn decompressed(
-    path: &Path,
-    compression: Compression,
-) -> anyhow::Result<Box<dyn Read + Send>> {
+pub fn decompressed(path: &Path, compression: Compression) -> anyhow::Result<Box<dyn Read + Send>> {
     let file = std::io::BufReader::with_capacity(256 * 1024, std::fs::File::open(path)?);
     Ok(match compression {
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(file)?),
@@ -129,7 +126,7 @@ pub async fn fetch_to_dir(
         total += fetch_verified(store, file, &staged).await?;
         let (from, to) = (staged.clone(), path.clone());
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let mut input = decompressed(&from, "zstd")?;
+            let mut input = decompressed(&from, Compression::Zstd)?;
             let mut out = std::io::BufWriter::new(std::fs::File::create(&to)?);
             std::io::copy(&mut input, &mut out)?;
             std::io::Write::flush(&mut out)?;
@@ -194,7 +191,7 @@ async fn fetch_file(
     let decoded = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let input = tokio_util::io::SyncIoBridge::new(reader);
         let mut out = std::io::BufWriter::new(std::fs::File::create(&out_path)?);
-        decompress(&compression, input, &mut out)?;
+        decompress(compression, input, &mut out)?;
         out.flush()?;
         Ok(())
     })

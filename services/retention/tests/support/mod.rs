@@ -17,8 +17,8 @@ use ferry_storage::layout::{BACKUPS_PREFIX, OBJECTS_PREFIX, manifest_key, object
 use ferry_storage::{
     Body, Catalog, ListPages, Manifest, ObjectMeta, ObjectStore, StorageError, get_bytes,
 };
-use futures::TryStreamExt;
 use ferry_testkit::{NatsServer, S3Server};
+use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 
 /// The garbage-collection grace period of the tests.
@@ -192,7 +192,12 @@ retention = {policy}
 
     /// Commits a backup of `source` whose files are the existing `objects`, as an
     /// uploader that reused them does.
-    pub async fn commit_reusing(store: &dyn ObjectStore, source: &str, id: &str, objects: &[String]) {
+    pub async fn commit_reusing(
+        store: &dyn ObjectStore,
+        source: &str,
+        id: &str,
+        objects: &[String],
+    ) {
         let mut files = Vec::new();
         for (n, object) in objects.iter().enumerate() {
             let content = get_bytes(store, object).await.unwrap();

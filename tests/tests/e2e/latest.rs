@@ -10,7 +10,7 @@ use chrono::{Duration, TimeZone, Utc};
 use ferry_e2e::processes::binary;
 use ferry_runtime::{Config, Runtime};
 use ferry_storage::layout::object_key;
-use ferry_storage::{Catalog, Compression, Engine, FsStore, Manifest, ManifestFile, ObjectStore};
+use ferry_storage::{Catalog, Compression, Engine, Manifest, ManifestFile, ObjectStore};
 use ferry_testkit::NatsServer;
 use sha2::{Digest, Sha256};
 
@@ -105,7 +105,9 @@ retention = {{ keep_last = 2 }}
     );
     std::fs::write(&config_path, &toml).unwrap();
     let config = Config::from_toml(&toml).unwrap();
-    let store = FsStore::new(&store_dir, "").unwrap();
+    // Opened the way every command opens it.
+    let store = ferry_runtime::store::open(&config.storage).unwrap();
+    let store = store.as_ref();
 
     // Three jobs requested an hour apart. The newest (`urgent`) overtook the one
     // before it (`queued`) and completed first; `queued` completed last of all.
@@ -115,12 +117,15 @@ retention = {{ keep_last = 2 }}
     let queued = format!("{}-00000002", queued_at.format("%Y%m%dT%H%M%SZ"));
     let urgent_at = t0 + Duration::hours(2);
     let urgent = format!("{}-00000003", urgent_at.format("%Y%m%dT%H%M%SZ"));
-    commit(&store, &oldest, t0, t0 + Duration::minutes(5)).await;
-    commit(&store, &urgent, urgent_at, urgent_at + Duration::minutes(5)).await;
-    commit(&store, &queued, queued_at, urgent_at + Duration::minutes(30)).await;
+    commit(store, &oldest, t0, t0 + Duration::minutes(5)).await;
+    commit(store, &urgent, urgent_at, urgent_at + Duration::minutes(5)).await;
+    commit(store, &queued, queued_at, urgent_at + Duration::minutes(30)).await;
 
     // The catalog's order: the time in the id, newest first.
-    let listed = json(&ferry(&config_path, &["list", "--source", "shop", "--json"]));
+    let listed = json(&ferry(
+        &config_path,
+        &["list", "--source", "shop", "--json"],
+    ));
     let ids: Vec<&str> = listed
         .as_array()
         .unwrap()
@@ -150,7 +155,10 @@ retention = {{ keep_last = 2 }}
         ],
     );
     let said = String::from_utf8_lossy(&restored.stderr);
-    assert!(said.contains(&format!("restored backup {urgent}")), "{said}");
+    assert!(
+        said.contains(&format!("restored backup {urgent}")),
+        "{said}"
+    );
     assert_eq!(
         std::fs::read_to_string(to_dir.join("shop/toc.dat")).unwrap(),
         format!("the data of backup {urgent}")
@@ -185,7 +193,11 @@ retention = {{ keep_last = 2 }}
         .iter()
         .find(|s| s["source"] == "shop")
         .expect("shop in status");
-    assert_eq!(shop["last_success"]["backup_id"], urgent.as_str(), "{status}");
+    assert_eq!(
+        shop["last_success"]["backup_id"],
+        urgent.as_str(),
+        "{status}"
+    );
 
     let rt = Runtime::with_client(config, nats.client().await)
         .await
