@@ -392,12 +392,7 @@ async fn list(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let store = ferry_runtime::store::open(&config.storage)?;
-    let backups = ferry::list::backups(store.as_ref(), source).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&backups)?);
-    } else {
-        print!("{}", ferry::list::table(&backups));
-    }
+    ferry::list::print(store.as_ref(), source, json, &mut std::io::stdout().lock()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
