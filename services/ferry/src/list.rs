@@ -40,7 +40,7 @@ pub async fn print(
         if json {
             // The layout of `serde_json::to_string_pretty` on the whole array.
             let item = serde_json::to_string_pretty(&m)?;
-            write!(out, "{}\n", if count == 0 { "" } else { "," })?;
+            writeln!(out, "{}", if count == 0 { "" } else { "," })?;
             let indented: Vec<String> = item.lines().map(|l| format!("  {l}")).collect();
             write!(out, "{}", indented.join("\n"))?;
         } else {
