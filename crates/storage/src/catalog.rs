@@ -5,11 +5,12 @@
 //! never disagree.
 //!
 //! Order: a source's backups are ordered by the time their id starts with (when
-//! the job was requested), newest first, then by id. That order needs no manifest
+//! the job was requested), newest first. That order needs almost no manifest
 //! read, so it is the same for `ferry list`, `restore --backup latest`, `verify`,
 //! `status`, retention and the digest, also when a later backup completes before
-//! an earlier one. A manifest whose id carries no time is read once for its
-//! completion time.
+//! an earlier one. The id's time has whole seconds: backups requested in the same
+//! second are ordered by their manifests' start times, then by id. A manifest
+//! whose id carries no time is read once for its completion time.
 //!
 //! Memory: listings are streamed page by page; what is held is one source's
 //! backup entries (bounded by its retention policy), never the bucket's objects.
@@ -143,10 +144,55 @@ impl<'a> Catalog<'a> {
         entries.sort_by(|a, b| {
             b.time
                 .cmp(&a.time)
-                .then_with(|| b.id.cmp(&a.id))
                 .then_with(|| a.source.cmp(&b.source))
+                .then_with(|| b.id.cmp(&a.id))
         });
+        self.order_within_a_second(&mut entries).await?;
         Ok(entries)
+    }
+
+    /// Ids name their time to the second, so two backups of one source requested
+    /// in the same second tie; their manifests' start times order them. Ties are
+    /// rare (manual jobs published back to back), so this reads a few manifests at
+    /// most, and only those of tied backups.
+    async fn order_within_a_second(&self, entries: &mut [BackupEntry]) -> Result<(), StorageError> {
+        let mut start = 0;
+        while start < entries.len() {
+            let mut end = start + 1;
+            while end < entries.len()
+                && entries[end].time == entries[start].time
+                && entries[end].source == entries[start].source
+            {
+                end += 1;
+            }
+            if end - start > 1 {
+                let tied = &mut entries[start..end];
+                let mut started = Vec::with_capacity(tied.len());
+                for entry in tied.iter() {
+                    let at = match self.read(&entry.source, &entry.id).await {
+                        Ok(m) => Some(m.started_at),
+                        // Unreadable or gone since the listing: its place among the
+                        // tied is the id's; the caller reports it when it reads it.
+                        Err(CatalogError::Storage(e)) => return Err(e),
+                        Err(_) => None,
+                    };
+                    started.push((entry.id.clone(), at));
+                }
+                let started_of = |id: &str| {
+                    started
+                        .iter()
+                        .find(|(i, _)| i == id)
+                        .and_then(|(_, at)| *at)
+                };
+                tied.sort_by(|a, b| {
+                    started_of(&b.id)
+                        .cmp(&started_of(&a.id))
+                        .then_with(|| b.id.cmp(&a.id))
+                });
+            }
+            start = end;
+        }
+        Ok(())
     }
 
     /// The newest backup of `source`, if it has one.
@@ -279,5 +325,61 @@ impl<'a> Catalog<'a> {
     /// Every stored data object, page by page.
     pub fn objects(&self) -> ListPages<'a> {
         self.store.list(OBJECTS_PREFIX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FsStore;
+    use crate::manifest::Engine;
+
+    fn manifest(id: &str, started_at: &str) -> Manifest {
+        let at: DateTime<Utc> = started_at.parse().unwrap();
+        Manifest {
+            format: crate::manifest::FORMAT_VERSION,
+            backup_id: id.to_string(),
+            source: "orders".to_string(),
+            engine: Engine::Postgres,
+            job_id: id.to_string(),
+            server_version: "15".to_string(),
+            tool_version: "test".to_string(),
+            started_at: at,
+            completed_at: at,
+            databases: vec![],
+            files: vec![],
+            bytes_total: 0,
+            bytes_uploaded: 0,
+            bytes_reused: 0,
+            trace_id: None,
+            postgres: None,
+            mongodb: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn backups_requested_in_the_same_second_are_ordered_by_their_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::new(dir.path(), "").unwrap();
+        let catalog = Catalog::new(&store);
+        // The random part of the ids sorts opposite to the order they were taken.
+        let first = manifest("20261202T014947Z-ffffffff", "2026-12-02T01:49:47.100Z");
+        let second = manifest("20261202T014947Z-00000000", "2026-12-02T01:49:47.900Z");
+        let older = manifest("20261202T014900Z-99999999", "2026-12-02T01:49:00.500Z");
+        for m in [&first, &second, &older] {
+            assert!(catalog.commit(m).await.unwrap());
+        }
+        let ids: Vec<String> = catalog
+            .backups(Some("orders"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids, [&second.backup_id, &first.backup_id, &older.backup_id]);
+        assert_eq!(
+            catalog.resolve("orders", "latest").await.unwrap().backup_id,
+            second.backup_id
+        );
     }
 }
