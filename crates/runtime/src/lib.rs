@@ -3,10 +3,14 @@
 //! and the health and metrics endpoints.
 
 pub mod config;
+pub mod consumer;
+pub mod fault;
 pub mod http;
 pub mod human;
+pub mod jobstate;
 pub mod lease;
 pub mod metrics;
+pub mod msg_id;
 pub mod nats;
 pub mod process;
 pub mod publisher;
@@ -16,11 +20,13 @@ pub mod schedule;
 pub mod secrets;
 pub mod shutdown;
 pub mod store;
+pub mod tasks;
 
 pub use config::Config;
 pub use metrics::Metrics;
 pub use publisher::{Outgoing, Publisher};
-pub use runner::{ConsumerSpec, Handler, HandlerError, JobContext, RunnerOptions};
+pub use runner::{ConsumerSpec, Deliver, Handler, HandlerError, JobContext, RunnerOptions};
+pub use tasks::Tasks;
 
 /// What every worker of a process shares: one NATS connection, one publisher, one
 /// metrics registry, the configuration.
@@ -38,13 +44,40 @@ pub struct Runtime {
     pub metrics: Metrics,
     /// Every source: the file's and the live registry's.
     pub sources: registry::Registry,
+    /// What the server refused on this connection, to explain a request that
+    /// timed out (empty for a connection made elsewhere, see [`Runtime::with_client`]).
+    pub refusals: nats::Refusals,
 }
 
 impl Runtime {
     /// Connects to NATS and declares the streams and buckets.
     pub async fn connect(config: Config, client_name: &str) -> Result<Runtime, nats::NatsError> {
-        let client = nats::connect(&config.nats, client_name).await?;
-        Self::with_client(config, client).await
+        let (client, refusals) = nats::connect_recording(&config.nats, client_name).await?;
+        let mut rt = Self::with_client(config, client).await?;
+        rt.refusals = refusals;
+        Ok(rt)
+    }
+
+    /// Connects to NATS for a command that only reads (`ferry status`, `ferry
+    /// sources list`, ...): declares no stream or bucket and opens the sources
+    /// registry read-only, so it works with a NATS user that may only read, and a
+    /// look at a fleet never creates anything in it. Whatever does not exist yet
+    /// reads as empty.
+    pub async fn attach(config: Config, client_name: &str) -> Result<Runtime, nats::NatsError> {
+        let (client, refusals) = nats::connect_recording(&config.nats, client_name).await?;
+        let jetstream = async_nats::jetstream::new(client.clone());
+        let sources = registry::Registry::open_read_only(&jetstream, &config.sources)
+            .await
+            .map_err(|e| nats::NatsError::Registry(e.to_string()))?;
+        Ok(Runtime {
+            sources,
+            config: std::sync::Arc::new(config),
+            nats: client,
+            publisher: Publisher::new(jetstream.clone()),
+            jetstream,
+            metrics: Metrics::new(),
+            refusals,
+        })
     }
 
     /// Runs `handler` on its durable consumer until `shutdown`, `concurrency`
@@ -79,7 +112,7 @@ impl Runtime {
         client: async_nats::Client,
     ) -> Result<Runtime, nats::NatsError> {
         let jetstream = async_nats::jetstream::new(client.clone());
-        nats::declare(&jetstream, &config.nats, config.dumper.lease_ttl).await?;
+        nats::declare(&jetstream, &config.nats, config.leases.ttl).await?;
         let sources = registry::Registry::open(&jetstream, &config.sources)
             .await
             .map_err(|e| nats::NatsError::Registry(e.to_string()))?;
@@ -90,6 +123,7 @@ impl Runtime {
             publisher: Publisher::new(jetstream.clone()),
             jetstream,
             metrics: Metrics::new(),
+            refusals: nats::Refusals::default(),
         })
     }
 }
@@ -102,4 +136,17 @@ pub fn host_name() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// An error and its causes in one line, `: `-separated: what logs, events and
+/// replies carry, so the cause a `#[source]` keeps is never lost on the way out.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }

@@ -3,10 +3,15 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, stream};
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::{self, ErrorCode, kv, stream};
 use ferry_proto::subjects;
+use secrecy::ExposeSecret;
 
 use crate::config::NatsConfig;
+use crate::secrets::{SecretSource, read_secret};
 
 /// Errors reaching or preparing NATS.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +48,15 @@ pub enum NatsError {
         /// The server's answer.
         source: jetstream::context::CreateStreamError,
     },
+    /// A stream or bucket could not be read.
+    #[error("failed to read {what}: {source}")]
+    Read {
+        /// The stream or bucket.
+        what: String,
+        /// The server's answer.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A KV bucket could not be created.
     #[error("failed to declare key-value bucket {name}: {source}")]
     Bucket {
@@ -55,9 +69,33 @@ pub enum NatsError {
 
 /// Connects to NATS as `name` (shown in the server's connection list).
 pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Client, NatsError> {
+    connect_recording(config, name)
+        .await
+        .map(|(client, _)| client)
+}
+
+/// [`connect`], also keeping the server's refusals of this connection's operations.
+pub async fn connect_recording(
+    config: &NatsConfig,
+    name: &str,
+) -> Result<(async_nats::Client, Refusals), NatsError> {
+    let refusals = Refusals::default();
+    let recorder = refusals.clone();
     let mut options = async_nats::ConnectOptions::new()
         .name(name)
-        .connection_timeout(Duration::from_secs(5));
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let recorder = recorder.clone();
+            async move {
+                if let async_nats::Event::ServerError(async_nats::ServerError::Other(message)) =
+                    event
+                    && message.to_lowercase().contains("permissions violation")
+                {
+                    tracing::warn!(error = %message, "NATS refused an operation");
+                    recorder.record(message);
+                }
+            }
+        });
     if let Some(path) = &config.creds_file {
         options = options
             .credentials_file(path)
@@ -71,6 +109,20 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Clie
             ))
         })?;
         options = options.token(token);
+    }
+    if let Some(user) = &config.username {
+        let source = match (&config.password_env, &config.password_file) {
+            (Some(var), _) => SecretSource::Env(var),
+            (None, Some(path)) => SecretSource::File(path),
+            (None, None) => {
+                return Err(NatsError::Credentials(format!(
+                    "nats.username {user} needs nats.password_env or nats.password_file"
+                )));
+            }
+        };
+        let password = read_secret(source)
+            .map_err(|e| NatsError::Credentials(format!("the password of {user}: {e}")))?;
+        options = options.user_and_password(user.clone(), password.expose_secret().to_owned());
     }
     if let Some(ca) = &config.tls_ca_file {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
@@ -89,7 +141,66 @@ pub async fn connect(config: &NatsConfig, name: &str) -> Result<async_nats::Clie
             url: config.url.clone(),
         });
     }
-    Ok(client)
+    Ok((client, refusals))
+}
+
+/// The operations the server refused on one connection. NATS reports a refused
+/// publish (a permission violation) on the connection, not to the request: the
+/// request itself only times out, so an error can only say why by asking here.
+#[derive(Debug, Clone, Default)]
+pub struct Refusals(Arc<Mutex<Option<String>>>);
+
+impl Refusals {
+    /// The server's last refusal, e.g. `Permissions Violation for Publish to "…"`.
+    pub fn last(&self) -> Option<String> {
+        self.0.lock().expect("refusals lock").clone()
+    }
+
+    fn record(&self, message: String) {
+        *self.0.lock().expect("refusals lock") = Some(message);
+    }
+}
+
+/// A stream that exists, or `None`; nothing is created. Read-only commands use it
+/// so that they work with a NATS user that may only read.
+pub async fn existing_stream(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<Option<stream::Stream>, jetstream::context::GetStreamError> {
+    match js.get_stream(name).await {
+        Ok(stream) => Ok(Some(stream)),
+        Err(e)
+            if matches!(e.kind(), GetStreamErrorKind::JetStream(ref j)
+                if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A key-value bucket that exists, or `None`; nothing is created.
+pub async fn existing_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+) -> Result<Option<kv::Store>, NatsError> {
+    let what = || format!("key-value bucket {bucket}");
+    let stream = existing_stream(js, &format!("KV_{bucket}"))
+        .await
+        .map_err(|e| NatsError::Read {
+            what: what(),
+            source: Box::new(e),
+        })?;
+    if stream.is_none() {
+        return Ok(None);
+    }
+    js.get_key_value(bucket)
+        .await
+        .map(Some)
+        .map_err(|e| NatsError::Read {
+            what: what(),
+            source: Box::new(e),
+        })
 }
 
 /// Whether a nats-server version is 2.10 or newer.
@@ -172,8 +283,9 @@ pub async fn declare(
             Duration::ZERO,
         ),
         (
-            subjects::JOBS_DONE_BUCKET,
-            "Ferry jobs whose dump was completed",
+            subjects::JOB_STATE_BUCKET,
+            "Ferry job state: dump records and the uploader's per-file bookkeeping",
+            // A job abandoned half-way (its events expired too) leaves nothing behind.
             config.events_max_age,
         ),
     ];

@@ -8,7 +8,48 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::Runtime;
-use crate::config::{Config, LogFormatConfig, OtlpProtocolConfig};
+use crate::config::{Config, LogFormatConfig, OtlpProtocolConfig, SectionSpec};
+
+/// What a worker declares about itself to the process that runs it: a worker binary
+/// runs one, `ferry up` runs them all and takes the union.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceSpec {
+    /// The process's name as a NATS client and in telemetry: `ferry-dumper`.
+    pub name: &'static str,
+    /// The configuration sections it reads, validated at start-up.
+    pub sections: &'static [SectionSpec],
+    /// What its readiness depends on besides NATS.
+    pub readiness: ReadinessNeeds,
+}
+
+/// What a service's `/readyz` depends on besides NATS and its streams (always
+/// checked). A dependency a service never touches must not take it out of service:
+/// the scheduler, dumper and notifier stay ready with the store unreachable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadinessNeeds {
+    /// The object store (the uploader writes it, retention reads and deletes).
+    pub store: bool,
+}
+
+impl ReadinessNeeds {
+    /// What a process running all of `services` depends on.
+    pub fn of(services: &[ServiceSpec]) -> ReadinessNeeds {
+        ReadinessNeeds {
+            store: services.iter().any(|s| s.readiness.store),
+        }
+    }
+}
+
+/// Every section `services` read (a section two of them read, once).
+pub fn sections_of(services: &[ServiceSpec]) -> Vec<SectionSpec> {
+    let mut sections: Vec<SectionSpec> = Vec::new();
+    for spec in services.iter().flat_map(|s| s.sections) {
+        if !sections.iter().any(|known| known.name() == spec.name()) {
+            sections.push(*spec);
+        }
+    }
+    sections
+}
 
 /// Exit code for an invalid configuration (nothing was started).
 pub const EXIT_CONFIG: u8 = 2;
@@ -29,9 +70,13 @@ pub fn config_path_from_args() -> Option<PathBuf> {
     std::env::var_os("FERRY_CONFIG").map(PathBuf::from)
 }
 
-/// Loads and validates the configuration, printing every problem on failure.
-pub fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
+/// Loads and validates the configuration, the shared sections and those `services`
+/// read, printing every problem on failure.
+pub fn load_config(
+    path: Option<&std::path::Path>,
+    services: &[ServiceSpec],
+) -> Result<Config, ExitCode> {
+    Config::load(path, &sections_of(services)).map_err(|e| {
         eprintln!("ferry: {e}");
         ExitCode::from(EXIT_CONFIG)
     })
@@ -60,16 +105,18 @@ pub fn init_telemetry(
     })
 }
 
-/// Connects to NATS, declares the streams, and serves the health endpoints.
+/// Connects to NATS as `name`, declares the streams, and serves the health endpoints
+/// with the readiness checks `services` need.
 pub async fn connect(
     config: Config,
-    service: &str,
+    name: &str,
+    services: &[ServiceSpec],
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Runtime> {
-    let rt = Runtime::connect(config, service).await?;
+    let rt = Runtime::connect(config, name).await?;
     if !rt.config.http.listen.is_empty() {
         let addr = rt.config.http.listen.parse()?;
-        let store = if uses_store(service) {
+        let store = if ReadinessNeeds::of(services).store {
             Some(crate::store::open(&rt.config.storage)?)
         } else {
             None
@@ -84,20 +131,31 @@ pub async fn connect(
     Ok(rt)
 }
 
-/// Whether the process named `service` reads or writes the object store, so its
-/// readiness depends on reaching it. The scheduler, dumper and notifier never touch
-/// the store: an unreachable bucket must not take them out of service.
-pub fn uses_store(service: &str) -> bool {
-    matches!(service, "ferry" | "ferry-uploader" | "ferry-retention")
+/// Logs every panic (message and place) through tracing before the default hook
+/// prints it, so a panic that ends the process is in the structured log too. The
+/// task groups of [`crate::tasks`] then end the process non-zero.
+pub fn log_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = crate::tasks::panic_message(info.payload());
+        let place = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(panic = %message, at = %place, "panicked");
+        default(info);
+    }));
 }
 
-/// The whole `main` of a worker binary: `run` is the worker's `run(rt, shutdown)`.
-pub async fn main<F, Fut>(service: &str, run: F) -> ExitCode
+/// The whole `main` of a worker binary: `spec` is what the worker declares, `run` its
+/// `run(rt, shutdown)`.
+pub async fn main<F, Fut>(spec: ServiceSpec, run: F) -> ExitCode
 where
     F: FnOnce(Runtime, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let config = match load_config(config_path_from_args().as_deref()) {
+    let service = spec.name;
+    let config = match load_config(config_path_from_args().as_deref(), &[spec]) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -105,9 +163,10 @@ where
         Ok(g) => g,
         Err(code) => return code,
     };
+    log_panics();
     let shutdown = crate::shutdown::on_signals();
     let result = async {
-        let rt = connect(config, service, &shutdown).await?;
+        let rt = connect(config, service, &[spec], &shutdown).await?;
         run(rt, shutdown.clone()).await
     }
     .await;

@@ -37,12 +37,13 @@ impl Outgoing {
 
 /// Failed to publish.
 #[derive(Debug, thiserror::Error)]
-#[error("failed to publish to {subject}: {message}")]
+#[error("failed to publish to {subject}")]
 pub struct PublishError {
     /// The subject.
     pub subject: String,
-    /// What went wrong.
-    pub message: String,
+    /// What the server or the connection said.
+    #[source]
+    pub source: async_nats::jetstream::context::PublishError,
 }
 
 /// Publishes to JetStream with trace context and de-duplication ids.
@@ -78,16 +79,16 @@ impl Publisher {
         let mut headers = HeaderMap::new();
         ferry_telemetry::inject(&mut headers);
         headers.insert("Nats-Msg-Id", out.msg_id.as_str());
-        let err = |e: &dyn std::fmt::Display| PublishError {
+        let err = |source| PublishError {
             subject: out.subject.clone(),
-            message: e.to_string(),
+            source,
         };
         self.js
             .publish_with_headers(out.subject.clone(), headers, out.payload.clone())
             .await
-            .map_err(|e| err(&e))?
+            .map_err(err)?
             .await
-            .map_err(|e| err(&e))?;
+            .map_err(err)?;
         Ok(())
     }
 

@@ -57,6 +57,11 @@ pub enum RegistryError {
     /// No such source.
     #[error("no source named {0}")]
     Unknown(String),
+    /// The registry was opened read-only (by a command that only reads).
+    #[error(
+        "the sources registry was opened read-only; edit it with `ferry sources add|remove|pause|resume`"
+    )]
+    ReadOnly,
     /// NATS failed.
     #[error("registry: {0}")]
     Nats(String),
@@ -67,7 +72,8 @@ pub enum RegistryError {
 pub struct Registry {
     state: Arc<RwLock<State>>,
     changes: watch::Receiver<u64>,
-    kv: kv::Store,
+    /// `None` when read-only: edits are refused before they reach NATS.
+    kv: Option<kv::Store>,
 }
 
 impl Registry {
@@ -76,41 +82,38 @@ impl Registry {
         js: &jetstream::Context,
         file_sources: &[SourceConfig],
     ) -> Result<Registry, RegistryError> {
-        let nats = |e: &dyn std::fmt::Display| RegistryError::Nats(e.to_string());
         let kv = js
             .get_key_value(subjects::SOURCES_BUCKET)
             .await
-            .map_err(|e| nats(&e))?;
-        let state = State {
-            file: file_sources
-                .iter()
-                .map(|s| (s.name.clone(), s.clone()))
-                .collect(),
-            ..Default::default()
-        };
-        let state = Arc::new(RwLock::new(state));
-        // Watch first, then load: a change between the two is applied twice, which
-        // is harmless, instead of being missed.
-        let mut updates = kv.watch_all().await.map_err(|e| nats(&e))?;
-        let mut keys = kv.keys().await.map_err(|e| nats(&e))?;
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| nats(&e))?;
-            if let Some(value) = kv.get(&key).await.map_err(|e| nats(&e))? {
-                apply(&state, &key, Some(&value));
-            }
-        }
-        let (tx, changes) = watch::channel(0u64);
-        let watched = state.clone();
-        tokio::spawn(async move {
-            while let Some(entry) = updates.next().await {
-                let Ok(entry) = entry else { continue };
-                let value = (entry.operation == kv::Operation::Put).then_some(entry.value);
-                if apply(&watched, &entry.key, value.as_ref()) {
-                    tx.send_modify(|v| *v += 1);
-                }
-            }
-        });
-        Ok(Registry { state, changes, kv })
+            .map_err(|e| RegistryError::Nats(e.to_string()))?;
+        let (state, changes) = load(Some(&kv), file_sources, true).await?;
+        Ok(Registry {
+            state,
+            changes,
+            kv: Some(kv),
+        })
+    }
+
+    /// Loads the registry once, for a command that only reads: the bucket is read if
+    /// it exists (a fleet never started has only the file's sources), nothing is
+    /// watched or created, and every edit is refused.
+    pub async fn open_read_only(
+        js: &jetstream::Context,
+        file_sources: &[SourceConfig],
+    ) -> Result<Registry, RegistryError> {
+        let kv = crate::nats::existing_bucket(js, subjects::SOURCES_BUCKET)
+            .await
+            .map_err(|e| RegistryError::Nats(e.to_string()))?;
+        let (state, changes) = load(kv.as_ref(), file_sources, false).await?;
+        Ok(Registry {
+            state,
+            changes,
+            kv: None,
+        })
+    }
+
+    fn writable(&self) -> Result<&kv::Store, RegistryError> {
+        self.kv.as_ref().ok_or(RegistryError::ReadOnly)
     }
 
     /// The source named `name`.
@@ -177,7 +180,7 @@ impl Registry {
         let value: bytes::Bytes = serde_json::to_vec(source)
             .expect("a source serialises")
             .into();
-        self.kv
+        self.writable()?
             .put(&key, value.clone())
             .await
             .map_err(|e| RegistryError::Nats(e.to_string()))?;
@@ -203,7 +206,7 @@ impl Registry {
             format!("{SOURCE_PREFIX}{name}"),
             format!("{PAUSED_PREFIX}{name}"),
         ] {
-            self.kv
+            self.writable()?
                 .purge(&key)
                 .await
                 .map_err(|e| RegistryError::Nats(e.to_string()))?;
@@ -218,14 +221,14 @@ impl Registry {
             return Err(RegistryError::Unknown(name.to_string()));
         }
         let key = format!("{PAUSED_PREFIX}{name}");
+        let kv = self.writable()?;
         let result = if paused {
-            self.kv
-                .put(&key, "paused".into())
+            kv.put(&key, "paused".into())
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         } else {
-            self.kv.purge(&key).await.map_err(|e| e.to_string())
+            kv.purge(&key).await.map_err(|e| e.to_string())
         };
         result.map_err(RegistryError::Nats)?;
         apply(
@@ -237,6 +240,54 @@ impl Registry {
         );
         Ok(())
     }
+}
+
+/// Reads the file's sources and the bucket's entries; with `follow`, keeps them current.
+async fn load(
+    kv: Option<&kv::Store>,
+    file_sources: &[SourceConfig],
+    follow: bool,
+) -> Result<(Arc<RwLock<State>>, watch::Receiver<u64>), RegistryError> {
+    let nats = |e: &dyn std::fmt::Display| RegistryError::Nats(e.to_string());
+    let state = State {
+        file: file_sources
+            .iter()
+            .map(|s| (s.name.clone(), s.clone()))
+            .collect(),
+        ..Default::default()
+    };
+    let state = Arc::new(RwLock::new(state));
+    let (tx, changes) = watch::channel(0u64);
+    let Some(kv) = kv else {
+        return Ok((state, changes));
+    };
+    // Watch first, then load: a change between the two is applied twice, which
+    // is harmless, instead of being missed.
+    let updates = if follow {
+        Some(kv.watch_all().await.map_err(|e| nats(&e))?)
+    } else {
+        None
+    };
+    let mut keys = kv.keys().await.map_err(|e| nats(&e))?;
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| nats(&e))?;
+        if let Some(value) = kv.get(&key).await.map_err(|e| nats(&e))? {
+            apply(&state, &key, Some(&value));
+        }
+    }
+    if let Some(mut updates) = updates {
+        let watched = state.clone();
+        tokio::spawn(async move {
+            while let Some(entry) = updates.next().await {
+                let Ok(entry) = entry else { continue };
+                let value = (entry.operation == kv::Operation::Put).then_some(entry.value);
+                if apply(&watched, &entry.key, value.as_ref()) {
+                    tx.send_modify(|v| *v += 1);
+                }
+            }
+        });
+    }
+    Ok((state, changes))
 }
 
 /// Applies one KV entry; `None` is a deletion. Returns whether anything changed.

@@ -21,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+pub use crate::consumer::{ConsumerSpec, Deliver};
 use crate::metrics::Metrics;
-use crate::publisher::{Outgoing, Publisher};
+use crate::publisher::{Outgoing, PublishError, Publisher};
 
 /// How a handler's failure is treated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,28 +103,43 @@ impl std::fmt::Display for HandlerError {
     }
 }
 
-/// The durable consumer a handler reads from.
-#[derive(Debug, Clone)]
-pub struct ConsumerSpec {
-    /// The stream.
-    pub stream: &'static str,
-    /// Durable name, shared by every replica of the worker.
-    pub durable: String,
-    /// Subject filter.
-    pub filter: String,
-    /// How long a delivery may go without an ack or progress before redelivery.
-    pub ack_wait: Duration,
-    /// Deliveries before the runner gives up on a message.
-    pub max_deliver: i64,
-}
-
 /// What a handler gets besides its input.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct JobContext {
     /// Delivery attempt, starting at 1.
     pub attempt: u32,
     /// Cancelled when the process shuts down past its grace period.
     pub cancel: CancellationToken,
+    publisher: Publisher,
+}
+
+impl std::fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobContext")
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobContext {
+    /// The context of work that no message started (retention's periodic sweep):
+    /// attempt 1, cancelled by `cancel`.
+    pub fn detached(publisher: Publisher, cancel: CancellationToken) -> Self {
+        JobContext {
+            attempt: 1,
+            cancel,
+            publisher,
+        }
+    }
+
+    /// Publishes an event in the middle of the job (a dump file is ready, a sweep
+    /// ran) and waits until the stream stored it. Like the follow-up events, it
+    /// carries the job span's trace context and its `Nats-Msg-Id` (built by
+    /// [`crate::msg_id`]); unlike them, it does not wait for the job's end, so
+    /// subscribers can start on it at once.
+    pub async fn emit(&self, out: &Outgoing) -> Result<(), PublishError> {
+        self.publisher.publish(out).await
+    }
 }
 
 /// One unit of work per message.
@@ -176,14 +192,39 @@ impl Default for RunnerOptions {
 /// Errors that stop a runner (not a handler's failures, which are reported).
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
-    /// The consumer could not be created or read.
-    #[error("failed to start consumer {durable} on {stream}: {message}")]
-    Consumer {
+    /// The stream is not there (streams are declared at start-up).
+    #[error("failed to open stream {stream} for consumer {durable}")]
+    Stream {
         /// The stream.
         stream: &'static str,
         /// The durable name.
         durable: String,
-        /// What failed.
+        /// What the server said.
+        #[source]
+        source: async_nats::jetstream::context::GetStreamError,
+    },
+    /// The consumer could not be created or brought up to date.
+    #[error(transparent)]
+    Consumer(#[from] crate::consumer::ConsumerError),
+    /// The first pull failed.
+    #[error("failed to pull from consumer {durable} on {stream}")]
+    Pull {
+        /// The stream.
+        stream: &'static str,
+        /// The durable name.
+        durable: String,
+        /// What the server said.
+        #[source]
+        source: async_nats::jetstream::consumer::StreamError,
+    },
+    /// A handler panicked: the worker stops rather than go on without it.
+    #[error("the {stage} handler panicked on consumer {durable}: {message}")]
+    Panicked {
+        /// The stage.
+        stage: &'static str,
+        /// The durable name.
+        durable: String,
+        /// The panic's message.
         message: String,
     },
 }
@@ -208,30 +249,15 @@ pub async fn run<H: Handler>(
     shutdown: CancellationToken,
 ) -> Result<(), RunnerError> {
     let spec = handler.consumer();
-    let consumer_err = |e: &dyn std::fmt::Display| RunnerError::Consumer {
-        stream: spec.stream,
-        durable: spec.durable.clone(),
-        message: e.to_string(),
-    };
     let stream = js
         .get_stream(spec.stream)
         .await
-        .map_err(|e| consumer_err(&e))?;
-    let consumer: consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            &spec.durable,
-            consumer::pull::Config {
-                durable_name: Some(spec.durable.clone()),
-                filter_subject: spec.filter.clone(),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: spec.ack_wait,
-                max_deliver: spec.max_deliver,
-                max_ack_pending: options.concurrency as i64,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| consumer_err(&e))?;
+        .map_err(|source| RunnerError::Stream {
+            stream: spec.stream,
+            durable: spec.durable.clone(),
+            source,
+        })?;
+    let consumer = crate::consumer::declare(&stream, &spec, options.concurrency as i64).await?;
     // Short-lived pull requests with heartbeats: a pull that went stale (a server
     // restart, a stall) is replaced within seconds rather than waited out.
     let pull = |consumer: consumer::PullConsumer| async move {
@@ -243,7 +269,13 @@ pub async fn run<H: Handler>(
             .messages()
             .await
     };
-    let mut messages = pull(consumer.clone()).await.map_err(|e| consumer_err(&e))?;
+    let mut messages = pull(consumer.clone())
+        .await
+        .map_err(|source| RunnerError::Pull {
+            stream: spec.stream,
+            durable: spec.durable.clone(),
+            source,
+        })?;
     let lag = tokio::spawn(watch_lag(
         consumer.clone(),
         metrics.clone(),
@@ -254,16 +286,27 @@ pub async fn run<H: Handler>(
     let mut in_flight = JoinSet::new();
     let job_cancel = CancellationToken::new();
     tracing::info!(stage = H::STAGE.name(), consumer = %spec.durable, "worker started");
+    // A handler that panicked: the runner stops pulling, lets the others finish
+    // and returns the panic, which ends the process (see `crate::tasks`).
+    let mut panicked = None;
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                if let Some(message) = panic_of(done) { panicked = Some(message); break }
+                continue;
+            }
             permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
         };
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                if let Some(message) = panic_of(done) { panicked = Some(message); break }
+                // The permit goes back; the next turn takes one again.
+                continue;
+            }
             next = messages.next() => next,
         };
-        while in_flight.try_join_next().is_some() {}
         match next {
             Some(Ok(message)) => {
                 let task = Delivery {
@@ -300,7 +343,11 @@ pub async fn run<H: Handler>(
 
     let grace = options.grace;
     let drained = tokio::time::timeout(grace, async {
-        while in_flight.join_next().await.is_some() {}
+        while let Some(done) = in_flight.join_next().await {
+            if let Some(message) = panic_of(done) {
+                panicked.get_or_insert(message);
+            }
+        }
     })
     .await;
     if drained.is_err() {
@@ -314,8 +361,25 @@ pub async fn run<H: Handler>(
         while in_flight.join_next().await.is_some() {}
     }
     lag.abort();
+    if let Some(message) = panicked {
+        tracing::error!(stage = H::STAGE.name(), consumer = %spec.durable, panic = %message, "a handler panicked; worker stopped");
+        return Err(RunnerError::Panicked {
+            stage: H::STAGE.name(),
+            durable: spec.durable.clone(),
+            message,
+        });
+    }
     tracing::info!(stage = H::STAGE.name(), "worker stopped");
     Ok(())
+}
+
+/// The panic message of a finished delivery task, if it panicked. Its message is
+/// neither acked nor nakked: it is redelivered after the ack wait.
+fn panic_of(done: Result<(), tokio::task::JoinError>) -> Option<String> {
+    match done {
+        Err(e) if e.is_panic() => Some(crate::tasks::join_error_message(e)),
+        _ => None,
+    }
 }
 
 /// How often a consumer's lag is read from the server: often enough for alerts and
@@ -433,10 +497,9 @@ impl<H: Handler> Delivery<H> {
                     r#final: true,
                     backup_id: String::new(),
                 };
-                let msg_id = format!(
-                    "malformed/{}/{}",
-                    stage.name(),
-                    message.info().map(|i| i.stream_sequence).unwrap_or(0)
+                let msg_id = crate::msg_id::malformed(
+                    stage,
+                    message.info().map(|i| i.stream_sequence).unwrap_or(0),
                 );
                 let _ = self
                     .publisher
@@ -473,6 +536,7 @@ impl<H: Handler> Delivery<H> {
         let ctx = JobContext {
             attempt,
             cancel: self.cancel.clone(),
+            publisher: self.publisher.clone(),
         };
         let result =
             crate::metrics::scope(self.metrics.clone(), self.handler.handle(input, ctx)).await;
@@ -487,7 +551,7 @@ impl<H: Handler> Delivery<H> {
                     ack(&message, AckKind::Ack).await;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "follow-up events not published; will retry");
+                    tracing::warn!(error = %crate::error_chain(&e), "follow-up events not published; will retry");
                     self.metrics.record(stage, "retried", elapsed);
                     ack(
                         &message,
@@ -534,7 +598,7 @@ impl<H: Handler> Delivery<H> {
                     r#final: true,
                     backup_id,
                 };
-                let msg_id = format!("{job_id}/failed/{}", stage.name());
+                let msg_id = crate::msg_id::failed(&job_id, stage);
                 match self
                     .publisher
                     .publish(&Outgoing::event(
@@ -553,7 +617,7 @@ impl<H: Handler> Delivery<H> {
                     Err(e) => {
                         // The failure must be reported: retry the whole delivery rather
                         // than terminate silently.
-                        tracing::warn!(error = %e, "failure event not published; will retry");
+                        tracing::warn!(error = %crate::error_chain(&e), "failure event not published; will retry");
                         ack(
                             &message,
                             AckKind::Nak(Some(backoff(&self.options, attempt))),

@@ -3,19 +3,18 @@
 use ferry_proto::subjects;
 use ferry_runtime::http::Readiness;
 use ferry_runtime::{Config, Runtime};
-use ferry_testkit::NatsServer;
+use ferry_testkit::{NatsServer, TestConfig};
 
 #[tokio::test]
 async fn readiness_names_every_missing_dependency() {
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
-    let config = Config::from_toml(&format!(
-        "[nats]\nurl = \"{}\"\n[storage]\nkind = \"fs\"\npath = \"{}\"\n",
-        nats.url(),
-        store_dir.display()
-    ))
-    .unwrap();
+    let config = TestConfig::new()
+        .nats(nats.url())
+        .fs_store(&store_dir)
+        .to_toml();
+    let config = Config::from_toml(&config).unwrap();
     let rt = Runtime::with_client(config, nats.client().await)
         .await
         .unwrap();

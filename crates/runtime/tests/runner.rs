@@ -1,17 +1,20 @@
 //! The runner against a real nats-server: progress acks keep long work from being
-//! redelivered, retryable errors are retried, permanent ones are reported once, and
-//! shutdown lets in-flight work finish.
+//! redelivered, retryable errors are retried, permanent ones are reported once,
+//! shutdown lets in-flight work finish, and work that outlives the grace period is
+//! cancelled and redelivered.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_proto::Message;
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupFailed, JobRequested, Stage};
 use ferry_runtime::runner::{self, RunnerOptions};
-use ferry_runtime::{Config, ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
-use ferry_testkit::{NatsServer, wait_until};
+use ferry_runtime::{
+    Config, ConsumerSpec, Deliver, Handler, HandlerError, JobContext, Outgoing, Runtime,
+};
+use ferry_testkit::{NatsServer, TestConfig, wait_until};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +33,8 @@ impl Handler for Scripted {
         ConsumerSpec {
             stream: subjects::JOBS_STREAM,
             durable: "runner-test".into(),
-            filter: subjects::JOB_DUMP.into(),
+            filters: vec![subjects::JOB_DUMP.into()],
+            deliver: Deliver::All,
             ack_wait: Duration::from_secs(1),
             max_deliver: 3,
         }
@@ -69,11 +73,7 @@ impl Handler for Scripted {
 }
 
 async fn setup(nats: &NatsServer) -> Runtime {
-    let config = Config::from_toml(&format!(
-        "[nats]\nurl = \"{}\"\n[http]\nlisten = \"\"\n",
-        nats.url()
-    ))
-    .unwrap();
+    let config = Config::from_toml(&TestConfig::new().nats(nats.url()).to_toml()).unwrap();
     Runtime::with_client(config, nats.client().await)
         .await
         .unwrap()
@@ -110,6 +110,15 @@ fn start(
     handler: Arc<Scripted>,
     shutdown: &CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
+    start_with(rt, handler, options(), shutdown)
+}
+
+fn start_with<H: Handler>(
+    rt: &Runtime,
+    handler: Arc<H>,
+    options: RunnerOptions,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     let (rt, shutdown) = (rt.clone(), shutdown.clone());
     tokio::spawn(async move {
         runner::run(
@@ -117,7 +126,7 @@ fn start(
             rt.jetstream.clone(),
             rt.publisher.clone(),
             rt.metrics.clone(),
-            options(),
+            options,
             shutdown,
         )
         .await
@@ -232,4 +241,133 @@ async fn shutdown_lets_in_flight_work_finish_and_takes_no_new_work() {
         .await
         .unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 1);
+}
+
+/// A handler whose work never finishes: it keeps its job's cancellation token so the
+/// test can see the runner cancel it.
+#[derive(Default)]
+struct Endless {
+    calls: AtomicU32,
+    cancels: Mutex<Vec<CancellationToken>>,
+}
+
+impl Handler for Endless {
+    type Input = JobRequested;
+    const STAGE: Stage = Stage::Dumper;
+
+    fn consumer(&self) -> ConsumerSpec {
+        Scripted::default().consumer()
+    }
+
+    fn decode(
+        &self,
+        subject: &str,
+        payload: &[u8],
+    ) -> Result<Option<JobRequested>, prost::DecodeError> {
+        Scripted::default().decode(subject, payload)
+    }
+
+    async fn handle(
+        &self,
+        _job: JobRequested,
+        ctx: JobContext,
+    ) -> Result<Vec<Outgoing>, HandlerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.cancels.lock().unwrap().push(ctx.cancel);
+        std::future::pending().await
+    }
+}
+
+/// A handler that records each delivery's job and attempt and succeeds.
+#[derive(Default)]
+struct Recording {
+    seen: Mutex<Vec<(String, u32)>>,
+}
+
+impl Handler for Recording {
+    type Input = JobRequested;
+    const STAGE: Stage = Stage::Dumper;
+
+    fn consumer(&self) -> ConsumerSpec {
+        Scripted::default().consumer()
+    }
+
+    fn decode(
+        &self,
+        subject: &str,
+        payload: &[u8],
+    ) -> Result<Option<JobRequested>, prost::DecodeError> {
+        Scripted::default().decode(subject, payload)
+    }
+
+    async fn handle(
+        &self,
+        job: JobRequested,
+        ctx: JobContext,
+    ) -> Result<Vec<Outgoing>, HandlerError> {
+        self.seen.lock().unwrap().push((job.job_id, ctx.attempt));
+        Ok(vec![])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_past_the_grace_period_is_cancelled_and_redelivered_not_acked() {
+    let nats = NatsServer::start().await;
+    let rt = setup(&nats).await;
+    let endless = Arc::new(Endless::default());
+    let first_shutdown = CancellationToken::new();
+    let first = start_with(
+        &rt,
+        endless.clone(),
+        RunnerOptions {
+            grace: Duration::from_millis(200),
+            ..options()
+        },
+        &first_shutdown,
+    );
+    publish(&rt, "endless", "endless").await;
+    wait_until("the job to start", Duration::from_secs(20), || async {
+        (endless.calls.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+
+    first_shutdown.cancel();
+    // The handler never returns: only the grace period ends this run.
+    tokio::time::timeout(Duration::from_secs(20), first)
+        .await
+        .expect("run returns once the grace period is over")
+        .unwrap();
+    let cancels = endless.cancels.lock().unwrap().clone();
+    assert_eq!(cancels.len(), 1);
+    assert!(
+        cancels[0].is_cancelled(),
+        "the job's cancellation token was cancelled"
+    );
+
+    // A second replica on the same durable consumer gets the message again: the first
+    // neither acked it nor kept it alive with progress acks (the consumer's ack wait
+    // is 1 s, so a progress ack still running would hold it away from this replica).
+    let recording = Arc::new(Recording::default());
+    let second_shutdown = CancellationToken::new();
+    let second = start_with(&rt, recording.clone(), options(), &second_shutdown);
+    let seen = wait_until("the job's redelivery", Duration::from_secs(20), || async {
+        let seen = recording.seen.lock().unwrap().clone();
+        (!seen.is_empty()).then_some(seen)
+    })
+    .await;
+    assert_eq!(seen, [("endless".to_string(), 2)]);
+    second_shutdown.cancel();
+    second.await.unwrap();
+    assert_eq!(
+        endless.calls.load(Ordering::SeqCst),
+        1,
+        "the stopped runner took nothing more"
+    );
+    // The second replica acked it: the work queue is empty.
+    let mut stream = rt
+        .jetstream
+        .get_stream(subjects::JOBS_STREAM)
+        .await
+        .unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
 }

@@ -2,11 +2,16 @@
 //! environment variables; validated once at start-up, before any connection is
 //! opened, so a bad value stops the process with a message naming the key.
 //!
+//! The runtime owns what every process shares (nats, http, telemetry, sources,
+//! storage, spool, retry, leases); each service owns its own section and hands it to
+//! start-up validation through [`Section`] (see [`section`]).
+//!
 //! The configuration holds no secrets: a source or channel names the environment
 //! variable or file its secret comes from, and the secret is read only where used.
 
-mod notify;
+mod leases;
 mod retention;
+pub mod section;
 mod storage;
 mod validate;
 
@@ -17,14 +22,16 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
-pub use notify::{NotifierConfig, NotifyConfig, NotifyKind, NotifyOn, Severity};
-pub use retention::{RetentionPolicy, RetentionWorkerConfig};
+pub use leases::LeasesConfig;
+pub use retention::RetentionPolicy;
+pub use section::{SERVICE_SECTIONS, Section, SectionSpec};
 pub use storage::{
     ByteSize, RequestChecksumConfig, SpoolConfig, SpoolKind, StorageConfig, StorageKind,
 };
 pub use validate::{ConfigError, ConfigProblem};
 
-/// The whole configuration of a Ferry process (every worker reads the same file).
+/// The configuration every Ferry process shares (every worker reads the same file).
+/// A service's own section is read with [`Config::section`].
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -40,38 +47,54 @@ pub struct Config {
     /// The databases to back up.
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
-    /// Who to tell about failures and successes.
-    #[serde(default)]
-    pub notify: Vec<NotifyConfig>,
     /// Logs and traces.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
     /// Health and metrics endpoint.
     #[serde(default)]
     pub http: HttpConfig,
-    /// Scheduler settings.
-    #[serde(default)]
-    pub scheduler: SchedulerConfig,
-    /// Dumper settings.
-    #[serde(default)]
-    pub dumper: DumperConfig,
-    /// Uploader settings.
-    #[serde(default)]
-    pub uploader: UploaderConfig,
-    /// Retention worker settings.
-    #[serde(default)]
-    pub retention: RetentionWorkerConfig,
     /// How failed work is retried.
     #[serde(default)]
     pub retry: RetryConfig,
-    /// Notifier settings shared by every channel.
+    /// The per-source leases.
     #[serde(default)]
-    pub notifier: NotifierConfig,
+    pub leases: LeasesConfig,
+
+    // The services' sections ([`SERVICE_SECTIONS`]): accepted here by name, so a file
+    // with every section serves every binary, and parsed by their services.
+    #[serde(rename = "scheduler", default, skip_serializing)]
+    _scheduler: ServiceOwned,
+    #[serde(rename = "dumper", default, skip_serializing)]
+    _dumper: ServiceOwned,
+    #[serde(rename = "uploader", default, skip_serializing)]
+    _uploader: ServiceOwned,
+    #[serde(rename = "retention", default, skip_serializing)]
+    _retention: ServiceOwned,
+    #[serde(rename = "notifier", default, skip_serializing)]
+    _notifier: ServiceOwned,
+    #[serde(rename = "notify", default, skip_serializing)]
+    _notify: ServiceOwned,
+    /// Where the services' sections are parsed from, and those parsed so far.
+    #[serde(skip)]
+    sections: section::Sections,
+}
+
+/// A top-level section a service owns: the shared configuration skips its contents.
+#[derive(Debug, Clone, Default)]
+struct ServiceOwned;
+
+impl<'de> Deserialize<'de> for ServiceOwned {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d)?;
+        Ok(ServiceOwned)
+    }
 }
 
 impl Config {
-    /// Loads `path` (when given) and the `FERRY_*` overrides, then validates.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    /// Loads `path` (when given) and the `FERRY_*` overrides, then validates the
+    /// shared sections and the service sections in `sections`, reporting every
+    /// problem at once.
+    pub fn load(path: Option<&Path>, sections: &[SectionSpec]) -> Result<Config, ConfigError> {
         let mut figment = Figment::new();
         if let Some(path) = path {
             // figment treats a missing file as empty; an operator who names a file
@@ -92,19 +115,39 @@ impl Config {
                 .filter(|key| key.as_str().contains("__"))
                 .split("__"),
         );
-        let config: Config = figment.extract().map_err(ConfigError::from_figment)?;
-        config.validate()?;
-        Ok(config)
+        Self::from_figment(figment, sections)
     }
 
-    /// Parses and validates a TOML document (no environment overrides).
+    /// Parses and validates a TOML document (no environment overrides), the shared
+    /// sections only; a service section is checked when it is first read.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = Figment::new()
-            .merge(Toml::string(text))
-            .extract()
-            .map_err(ConfigError::from_figment)?;
-        config.validate()?;
-        Ok(config)
+        Self::from_toml_with(text, &[])
+    }
+
+    /// Parses and validates a TOML document (no environment overrides), the shared
+    /// sections and those in `sections`.
+    pub fn from_toml_with(text: &str, sections: &[SectionSpec]) -> Result<Config, ConfigError> {
+        Self::from_figment(Figment::new().merge(Toml::string(text)), sections)
+    }
+
+    fn from_figment(figment: Figment, sections: &[SectionSpec]) -> Result<Config, ConfigError> {
+        let mut config: Config = figment.extract().map_err(ConfigError::from_figment)?;
+        let mut problems = match config.validate() {
+            Ok(()) => Vec::new(),
+            Err(e) => e.problems,
+        };
+        problems.extend(config.leases.resolve_older_name(&figment));
+        config.sections.figment = Some(figment);
+        problems.extend(config.parse_sections(sections));
+        // A value two checks read (the lease TTL's older name, read by the runtime
+        // and by the dumper's section) is named once.
+        let mut seen = std::collections::HashSet::new();
+        problems.retain(|p| seen.insert((p.key.clone(), p.value.clone())));
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems })
+        }
     }
 
     /// The source named `name`.
@@ -123,6 +166,13 @@ pub struct NatsConfig {
     pub creds_file: Option<PathBuf>,
     /// Environment variable holding a token.
     pub token_env: Option<String>,
+    /// User name, for a server with `authorization { users = [...] }` (a read-only
+    /// user for the operator's read-only commands, say).
+    pub username: Option<String>,
+    /// Environment variable holding that user's password.
+    pub password_env: Option<String>,
+    /// File holding that user's password (a Docker or Kubernetes secret).
+    pub password_file: Option<PathBuf>,
     /// CA certificate for TLS.
     pub tls_ca_file: Option<PathBuf>,
     /// Stream replicas (3 on a three-node cluster).
@@ -138,6 +188,9 @@ impl Default for NatsConfig {
             url: "nats://127.0.0.1:4222".into(),
             creds_file: None,
             token_env: None,
+            username: None,
+            password_env: None,
+            password_file: None,
             tls_ca_file: None,
             replicas: 1,
             events_max_age: Duration::from_secs(7 * 24 * 3600),
@@ -232,15 +285,6 @@ fn default_timeout() -> Duration {
     Duration::from_secs(2 * 3600)
 }
 
-/// Whether `name` is a valid name token: 1-64 characters of `[a-z0-9_-]`.
-pub(crate) fn valid_token(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
-}
-
 /// `[telemetry]`
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -286,127 +330,6 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:9464".into(),
-        }
-    }
-}
-
-/// What the scheduler does about instants it missed while no replica ran.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum MisfirePolicy {
-    /// Run one job for the latest missed instant within the window.
-    #[default]
-    RunOnce,
-    /// Wait for the next instant.
-    Skip,
-}
-
-/// `[scheduler]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SchedulerConfig {
-    /// Largest JSON job request accepted, in bytes.
-    pub max_request_bytes: usize,
-    /// Missed instants after downtime: `run_once` (default) or `skip`.
-    pub misfire: MisfirePolicy,
-    /// How far back `run_once` looks for a missed instant.
-    #[serde(with = "humantime_serde")]
-    pub misfire_window: Duration,
-}
-
-impl Default for SchedulerConfig {
-    fn default() -> Self {
-        SchedulerConfig {
-            max_request_bytes: 64 * 1024,
-            misfire: MisfirePolicy::RunOnce,
-            misfire_window: Duration::from_secs(3600),
-        }
-    }
-}
-
-/// `[dumper]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DumperConfig {
-    /// Jobs this process dumps at once.
-    pub concurrency: usize,
-    /// Directory holding `pg_dump`; searched before the standard install paths
-    /// (/usr/lib/postgresql/*/bin, /usr/pgsql-*/bin, Homebrew) and PATH.
-    pub pg_bin_dir: Option<PathBuf>,
-    /// Tables `pg_dump` dumps in parallel (`-j`); default: this machine's cores.
-    pub pg_jobs: Option<usize>,
-    /// How dump files are compressed in the spool: `zstd` (default), `gzip` or `none`.
-    pub compression: CompressionKind,
-    /// The compression level; default 3 for zstd (1-22), 6 for gzip (0-9).
-    pub compression_level: Option<i32>,
-    /// How long a source's lease lives without renewal (renewed every third of it
-    /// while the job runs). Set when the lease bucket is first created.
-    #[serde(with = "humantime_serde")]
-    pub lease_ttl: Duration,
-    /// MongoDB: collections one job dumps at once.
-    pub mongo_parallel_collections: usize,
-    /// MongoDB: zstd level of the dump files (1-22).
-    pub mongo_zstd_level: i32,
-}
-
-impl Default for DumperConfig {
-    fn default() -> Self {
-        DumperConfig {
-            concurrency: 2,
-            pg_bin_dir: None,
-            pg_jobs: None,
-            compression: CompressionKind::Zstd,
-            compression_level: None,
-            lease_ttl: Duration::from_secs(60),
-            mongo_parallel_collections: 4,
-            mongo_zstd_level: 1,
-        }
-    }
-}
-
-/// `dumper.compression`.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum CompressionKind {
-    /// zstd: fast, and smaller than gzip.
-    #[default]
-    Zstd,
-    /// gzip, for tools that read nothing else.
-    Gzip,
-    /// Files stored as the dump tool wrote them.
-    None,
-}
-
-/// `[uploader]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UploaderConfig {
-    /// Jobs this process uploads at once.
-    pub concurrency: usize,
-    /// Size of a multipart part (files up to this size go in one PUT); grown for
-    /// files so large that they would need more than 10,000 parts. At least 5 MiB.
-    pub part_size: ByteSize,
-    /// Parts in flight across the whole process: memory for part buffers is
-    /// `part_size × parts_in_flight`.
-    pub parts_in_flight: usize,
-    /// Attempts per request (part, small object, manifest) before the job fails,
-    /// with exponential backoff and jitter between them.
-    pub retry_attempts: u32,
-    /// How long a job may go without a progress ack before NATS hands it to
-    /// another uploader (progress acks go every third of it): how soon the job of
-    /// a killed uploader resumes.
-    #[serde(with = "humantime_serde")]
-    pub ack_wait: Duration,
-}
-
-impl Default for UploaderConfig {
-    fn default() -> Self {
-        UploaderConfig {
-            concurrency: 4,
-            part_size: ByteSize(8 * 1024 * 1024),
-            parts_in_flight: 8,
-            retry_attempts: 8,
-            ack_wait: Duration::from_secs(60),
         }
     }
 }
@@ -492,8 +415,10 @@ listen = "127.0.0.1:9464"
         assert_eq!(orders.timeout, Duration::from_secs(7200));
         assert_eq!(orders.retention.keep_monthly, Some(12));
         assert_eq!(config.source("catalog").unwrap().timezone, "UTC");
+        // The dumper's defaults are checked beside its section (services/dumper).
         assert_eq!(
-            config.dumper.concurrency, 2,
+            config.leases.ttl,
+            Duration::from_secs(60),
             "defaults fill what the file leaves out"
         );
     }

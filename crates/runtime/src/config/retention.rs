@@ -1,12 +1,9 @@
-//! Retention configuration: the policy a source keeps its backups by, and the
-//! retention worker's own settings (`[retention]`), including the policy of sources
-//! that set none.
+//! The retention policy a source keeps its backups by (`sources[].retention`; the
+//! retention worker's `[retention]` section, with the default policy, is its own).
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-
-use super::SourceConfig;
 
 /// A retention policy. Unset rules keep nothing by themselves; with no rule at all
 /// every backup is kept. Periods (hours, days, weeks, months, years) are counted in
@@ -68,8 +65,9 @@ impl RetentionPolicy {
         self.min_keep.unwrap_or(1).max(1) as usize
     }
 
-    /// Problems with this policy as `(key suffix, value, expected)`, for validation.
-    pub(crate) fn problems(&self) -> Vec<(&'static str, String, &'static str)> {
+    /// Problems with this policy as `(key suffix, value, expected)`, for validation
+    /// (of a source's policy, and of the retention worker's default one).
+    pub fn problems(&self) -> Vec<(&'static str, String, &'static str)> {
         let mut out = Vec::new();
         let counts = [
             ("keep_last", self.keep_last),
@@ -103,45 +101,5 @@ impl RetentionPolicy {
             ));
         }
         out
-    }
-}
-
-/// `[retention]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetentionWorkerConfig {
-    /// Objects younger than this are never collected, so an upload in flight (whose
-    /// manifest is not written yet) keeps its objects. Must exceed the longest upload.
-    #[serde(with = "humantime_serde")]
-    pub gc_grace: Duration,
-    /// How often every source's policy is applied and garbage collected, besides
-    /// the run after each backup; `0s` turns the periodic sweep off.
-    #[serde(with = "humantime_serde")]
-    pub sweep_interval: Duration,
-    /// Objects deleted per request while collecting garbage.
-    pub delete_batch: usize,
-    /// The policy of sources that set no `retention` of their own.
-    pub default: RetentionPolicy,
-}
-
-impl Default for RetentionWorkerConfig {
-    fn default() -> Self {
-        RetentionWorkerConfig {
-            gc_grace: Duration::from_secs(6 * 3600),
-            sweep_interval: Duration::from_secs(3600),
-            delete_batch: 1000,
-            default: RetentionPolicy::default(),
-        }
-    }
-}
-
-impl RetentionWorkerConfig {
-    /// The policy that applies to `source`: its own, or the default.
-    pub fn policy_for<'a>(&'a self, source: &'a SourceConfig) -> &'a RetentionPolicy {
-        if source.retention.is_set() {
-            &source.retention
-        } else {
-            &self.default
-        }
     }
 }

@@ -71,7 +71,7 @@ impl ConfigError {
         }
     }
 
-    pub(super) fn from_figment(err: figment::Error) -> Self {
+    pub(crate) fn from_figment(err: figment::Error) -> Self {
         let problems = err
             .into_iter()
             .map(|e| {
@@ -97,7 +97,8 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Checks every value that parsing alone cannot.
+    /// Checks every value of the shared sections that parsing alone cannot (each
+    /// service checks its own section: [`Section::validate`](super::Section::validate)).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         let mut bad = |key: String, value: &str, expected: &str| {
@@ -112,6 +113,26 @@ impl Config {
                 "nats.url".into(),
                 &self.nats.url,
                 "nats://host:port (comma-separated for several)",
+            );
+        }
+        let nats = &self.nats;
+        let has_password = nats.password_env.is_some() || nats.password_file.is_some();
+        if nats.password_env.is_some() && nats.password_file.is_some() {
+            bad(
+                "nats.password_file".into(),
+                &nats
+                    .password_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                "either nats.password_env or nats.password_file, not both",
+            );
+        }
+        if has_password != nats.username.is_some() {
+            bad(
+                "nats.username".into(),
+                nats.username.as_deref().unwrap_or(""),
+                "a user name together with nats.password_env or nats.password_file",
             );
         }
         if !(1..=5).contains(&self.nats.replicas) {
@@ -187,87 +208,6 @@ impl Config {
                 "host:port, e.g. 127.0.0.1:9464, or \"\" to disable",
             );
         }
-        if self.dumper.concurrency == 0 {
-            bad("dumper.concurrency".into(), "0", "at least 1");
-        }
-        if self.dumper.pg_jobs == Some(0) {
-            bad("dumper.pg_jobs".into(), "0", "at least 1");
-        }
-        if let Some(level) = self.dumper.compression_level {
-            let (ok, range) = match self.dumper.compression {
-                super::CompressionKind::Zstd => ((1..=22).contains(&level), "1 to 22 for zstd"),
-                super::CompressionKind::Gzip => ((0..=9).contains(&level), "0 to 9 for gzip"),
-                super::CompressionKind::None => (true, ""),
-            };
-            if !ok {
-                bad("dumper.compression_level".into(), &level.to_string(), range);
-            }
-        }
-        if self.dumper.mongo_parallel_collections == 0 {
-            bad(
-                "dumper.mongo_parallel_collections".into(),
-                "0",
-                "at least 1",
-            );
-        }
-        if !(1..=22).contains(&self.dumper.mongo_zstd_level) {
-            bad(
-                "dumper.mongo_zstd_level".into(),
-                &self.dumper.mongo_zstd_level.to_string(),
-                "a zstd level from 1 to 22",
-            );
-        }
-        if self.uploader.concurrency == 0 {
-            bad("uploader.concurrency".into(), "0", "at least 1");
-        }
-        // S3 refuses parts under 5 MiB (all but the last); 5 GiB is its largest part.
-        let part = self.uploader.part_size.0;
-        if !(5 << 20..=5 << 30).contains(&part) {
-            bad(
-                "uploader.part_size".into(),
-                &part.to_string(),
-                "between 5MiB and 5GiB, e.g. \"8MiB\"",
-            );
-        }
-        if self.uploader.parts_in_flight == 0 {
-            bad("uploader.parts_in_flight".into(), "0", "at least 1");
-        }
-        if self.uploader.ack_wait < std::time::Duration::from_secs(1) {
-            bad(
-                "uploader.ack_wait".into(),
-                &format!("{:?}", self.uploader.ack_wait),
-                "at least 1s, e.g. \"60s\"",
-            );
-        }
-        if self.uploader.retry_attempts == 0 {
-            bad("uploader.retry_attempts".into(), "0", "at least 1");
-        }
-
-        for (field, value, expected) in self.retention.default.problems() {
-            bad(format!("retention.default.{field}"), &value, expected);
-        }
-        if self.retention.delete_batch == 0 || self.retention.delete_batch > 1000 {
-            bad(
-                "retention.delete_batch".into(),
-                &self.retention.delete_batch.to_string(),
-                "1 to 1000 (S3 deletes at most 1000 keys per request)",
-            );
-        }
-        // An object younger than gc_grace is never collected; an upload that takes
-        // longer than gc_grace could lose objects it reused before its manifest lands.
-        if let Some(longest) = self.sources.iter().map(|s| s.timeout).max()
-            && self.retention.gc_grace < longest
-        {
-            bad(
-                "retention.gc_grace".into(),
-                &humantime::format_duration(self.retention.gc_grace).to_string(),
-                &format!(
-                    "at least the longest sources.timeout ({}), so no upload in flight can lose its objects",
-                    humantime::format_duration(longest)
-                ),
-            );
-        }
-
         let mut names = HashSet::new();
         for (i, s) in self.sources.iter().enumerate() {
             if ferry_proto::subjects::is_valid_source_name(&s.name)
@@ -280,35 +220,6 @@ impl Config {
                 ));
             }
             problems.extend(s.problems(&format!("sources[{i}]")));
-        }
-
-        let mut names = HashSet::new();
-        for (i, n) in self.notify.iter().enumerate() {
-            problems.extend(n.problems(i));
-            let name = n.name_or_default(i);
-            if !names.insert(name.clone()) {
-                problems.push(ConfigProblem::new(
-                    format!("notify[{i}].name"),
-                    name,
-                    "a name no other channel has",
-                ));
-            }
-        }
-        if let Some(template) = &self.notifier.trace_url
-            && !template.contains("{trace_id}")
-        {
-            problems.push(ConfigProblem::new(
-                "notifier.trace_url",
-                template.clone(),
-                "a URL template containing {trace_id}",
-            ));
-        }
-        if self.notifier.max_attempts == 0 {
-            problems.push(ConfigProblem::new(
-                "notifier.max_attempts",
-                "0",
-                "at least 1",
-            ));
         }
 
         if problems.is_empty() {
