@@ -19,9 +19,9 @@ pub const EVENTS_STREAM: &str = "FERRY_EVENTS";
 pub const SOURCES_BUCKET: &str = "ferry-sources";
 /// KV bucket: per-source leases.
 pub const LOCKS_BUCKET: &str = "ferry-locks";
-/// KV bucket: jobs whose dump completed, so a redelivered job is not dumped again
-/// after its spool files were uploaded and removed.
-pub const JOBS_DONE_BUCKET: &str = "ferry-jobs-done";
+/// KV bucket: each running job's state between stages and replicas (its dump
+/// record, the uploader's per-file bookkeeping); see `ferry_runtime::jobstate`.
+pub const JOB_STATE_BUCKET: &str = "ferry-job-state";
 /// KV bucket: per channel and source, the failure streak being collapsed.
 pub const NOTIFY_STATE_BUCKET: &str = "ferry-notify-state";
 /// KV bucket: which notifications were already sent (idempotency on redelivery).

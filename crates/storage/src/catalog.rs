@@ -376,7 +376,10 @@ mod tests {
             .into_iter()
             .map(|e| e.id)
             .collect();
-        assert_eq!(ids, [&second.backup_id, &first.backup_id, &older.backup_id]);
+        assert_eq!(
+            ids,
+            [&*second.backup_id, &*first.backup_id, &*older.backup_id]
+        );
         assert_eq!(
             catalog.resolve("orders", "latest").await.unwrap().backup_id,
             second.backup_id

@@ -6,18 +6,20 @@
 //!   different machines with no shared disk.
 //!
 //! The dumper finishes each file locally (compressed and hashed) and calls
-//! [`Spool::put_file`]; once the dump is complete it leaves a completion marker
-//! ([`Spool::put_marker`]) so that a redelivered job is announced again rather than
-//! dumped again. The uploader opens files with [`Spool::open`] and removes the job,
-//! marker included, with [`Spool::remove_job`] once its manifest is committed.
+//! [`Spool::put_file`]. The uploader opens files with [`Spool::open`] and removes
+//! the job with [`Spool::remove_job`] once its manifest is committed, or once the
+//! job failed for good. Whether a job's dump is complete is not the spool's to say:
+//! that is the job's record in NATS (`ferry_runtime::jobstate`).
 
+mod index;
 mod nats;
 
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-pub use nats::NatsSpool;
+pub use index::{KeysError, keys_under};
+pub use nats::{NatsSpool, index_bucket};
 
 use crate::Body;
 
@@ -34,24 +36,27 @@ pub trait Spool: Send + Sync + std::fmt::Debug {
     /// Whether the spool holds file `name` of `job_id` (one lookup, whatever else
     /// the spool holds).
     async fn has_file(&self, job_id: &str, name: &str) -> std::io::Result<bool>;
-    /// Records that the dump of `job_id` is complete, with the dumper's summary
-    /// (an encoded `DumpCompleted`), replacing any earlier marker.
-    async fn put_marker(&self, job_id: &str, summary: &[u8]) -> std::io::Result<()>;
-    /// The summary [`Spool::put_marker`] recorded, if the job is still spooled.
-    async fn marker(&self, job_id: &str) -> std::io::Result<Option<Vec<u8>>>;
-    /// Removes every file of `job_id` and its marker; a job with no files is not an
-    /// error.
+    /// Removes every file of `job_id`, touching nothing else the spool holds; a job
+    /// with no files is not an error, so removal can be repeated.
     async fn remove_job(&self, job_id: &str) -> std::io::Result<()>;
+    /// Whether only processes on this node see the files (a directory spool): a
+    /// job spooled on another node cannot be removed from here.
+    fn node_local(&self) -> bool;
     /// A short description for logs and error messages.
     fn describe(&self) -> String;
 }
 
-/// Refuses job ids and file names that could escape the spool.
-pub(crate) fn check_names(job_id: &str, name: Option<&str>) -> std::io::Result<()> {
-    let job_ok = !job_id.is_empty()
+/// Whether `job_id` is one the spool accepts (and so one a spool may hold files of).
+pub fn valid_job_id(job_id: &str) -> bool {
+    !job_id.is_empty()
         && job_id
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Refuses job ids and file names that could escape the spool.
+pub(crate) fn check_names(job_id: &str, name: Option<&str>) -> std::io::Result<()> {
+    let job_ok = valid_job_id(job_id);
     let name_ok = name.is_none_or(|n| crate::check_key(n).is_ok());
     if job_ok && name_ok {
         Ok(())
@@ -90,11 +95,6 @@ impl DirSpool {
         Ok(self.root.join(job_id))
     }
 
-    /// Beside the job's directory, not in it: the marker is not one of its files.
-    fn marker_path(&self, job_id: &str) -> std::io::Result<PathBuf> {
-        Ok(self.job_dir(job_id)?.with_extension("completed"))
-    }
-
     fn file_path(&self, job_id: &str, name: &str) -> std::io::Result<PathBuf> {
         check_names(job_id, Some(name))?;
         Ok(self.root.join(job_id).join(name))
@@ -131,32 +131,16 @@ impl Spool for DirSpool {
         tokio::fs::try_exists(self.file_path(job_id, name)?).await
     }
 
-    async fn put_marker(&self, job_id: &str, summary: &[u8]) -> std::io::Result<()> {
-        let path = self.marker_path(job_id)?;
-        // Written whole, then renamed: a crash never leaves half a marker.
-        let partial = path.with_extension("completed.partial");
-        tokio::fs::write(&partial, summary).await?;
-        tokio::fs::rename(&partial, &path).await
-    }
-
-    async fn marker(&self, job_id: &str) -> std::io::Result<Option<Vec<u8>>> {
-        match tokio::fs::read(self.marker_path(job_id)?).await {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
     async fn remove_job(&self, job_id: &str) -> std::io::Result<()> {
         let dir = self.job_dir(job_id)?;
         match tokio::fs::remove_dir_all(&dir).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        match tokio::fs::remove_file(self.marker_path(job_id)?).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+
+    fn node_local(&self) -> bool {
+        true
     }
 
     fn describe(&self) -> String {

@@ -1,15 +1,21 @@
 //! The JetStream object store spool: dump files travel through NATS, so dumpers and
-//! uploaders need no shared disk. Objects are named `<job_id>/<file name>`, and a
-//! job's completion marker `<job_id>.completed`; NATS chunks them, so memory stays
-//! bounded on both sides.
+//! uploaders need no shared disk. Objects are named `<job_id>/<file name>`; NATS
+//! chunks them, so memory stays bounded on both sides.
+//!
+//! Beside the bucket, a key-value bucket `<bucket>_index` holds one key per spooled
+//! file, `<job_id>.<file name in base64url>`, written before the object: removing
+//! a job reads exactly its keys (a server-side subject filter) instead of listing
+//! every object in the bucket, and a crash between the two writes leaves an index
+//! entry with no object, which removal skips, never an object nobody can find.
 
 use std::path::Path;
 
-use async_nats::jetstream::{self, object_store};
+use async_nats::jetstream::{self, kv, object_store};
 use async_trait::async_trait;
-use futures::StreamExt;
-use tokio::io::AsyncReadExt;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use super::index::keys_under;
 use super::{Spool, check_names};
 use crate::Body;
 
@@ -17,6 +23,7 @@ use crate::Body;
 #[derive(Clone)]
 pub struct NatsSpool {
     store: object_store::ObjectStore,
+    index: kv::Store,
     bucket: String,
 }
 
@@ -26,18 +33,23 @@ impl std::fmt::Debug for NatsSpool {
     }
 }
 
-/// The object that marks a job's dump as complete (outside the job's `<job_id>/`
-/// prefix, so it is never taken for a file).
-fn marker_name(job_id: &str) -> String {
-    format!("{job_id}.completed")
-}
-
 fn io_err(what: &str, e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(format!("{what}: {e}"))
 }
 
+/// The index key of one file of a job.
+fn index_key(job_id: &str, name: &str) -> String {
+    format!("{job_id}.{}", URL_SAFE_NO_PAD.encode(name))
+}
+
+/// The name of the index bucket that goes with spool bucket `bucket`.
+pub fn index_bucket(bucket: &str) -> String {
+    format!("{bucket}_index")
+}
+
 impl NatsSpool {
-    /// Opens the bucket, creating it (file storage, `replicas` copies) if missing.
+    /// Opens the bucket and its index, creating them (file storage, `replicas`
+    /// copies) if missing.
     pub async fn open(
         js: &jetstream::Context,
         bucket: &str,
@@ -56,36 +68,52 @@ impl NatsSpool {
                 .await
                 .map_err(|e| io_err(&format!("cannot create the spool bucket {bucket}"), e))?,
         };
+        let index_name = index_bucket(bucket);
+        let index = match js.get_key_value(&index_name).await {
+            Ok(index) => index,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: index_name.clone(),
+                    description: format!("Ferry spool index: the files of each job in {bucket}"),
+                    history: 1,
+                    num_replicas: replicas.max(1),
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| {
+                    io_err(
+                        &format!("cannot create the spool index bucket {index_name}"),
+                        e,
+                    )
+                })?,
+        };
         Ok(NatsSpool {
             store,
+            index,
             bucket: bucket.to_string(),
         })
     }
 
-    /// The objects of `job_id`'s files, then its marker if it has one.
-    async fn names_of(&self, job_id: &str) -> std::io::Result<Vec<String>> {
-        let prefix = format!("{job_id}/");
-        let marker = marker_name(job_id);
-        let mut has_marker = false;
-        let mut list = self
-            .store
-            .list()
+    /// The names of `job_id`'s files, from the index.
+    async fn names_of(&self, job_id: &str) -> std::io::Result<Vec<(String, String)>> {
+        let keys = keys_under(&self.index, &format!("{job_id}."))
             .await
-            .map_err(|e| io_err("cannot list the spool bucket", e))?;
-        let mut out = Vec::new();
-        while let Some(info) = list.next().await {
-            let info = info.map_err(|e| io_err("cannot list the spool bucket", e))?;
-            if info.deleted {
-                continue;
-            }
-            if info.name.starts_with(&prefix) {
-                out.push(info.name);
-            } else if info.name == marker {
-                has_marker = true;
-            }
-        }
-        if has_marker {
-            out.push(marker);
+            .map_err(std::io::Error::other)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let encoded = key.rsplit('.').next().unwrap_or_default();
+            let name = URL_SAFE_NO_PAD
+                .decode(encoded)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    io_err(
+                        &format!("spool index {} has a damaged key", self.index.name),
+                        &key,
+                    )
+                })?;
+            out.push((key, name));
         }
         Ok(out)
     }
@@ -95,6 +123,16 @@ impl NatsSpool {
 impl Spool for NatsSpool {
     async fn put_file(&self, job_id: &str, name: &str, local: &Path) -> std::io::Result<()> {
         check_names(job_id, Some(name))?;
+        let key = index_key(job_id, name);
+        self.index
+            .put(key.as_str(), bytes::Bytes::new())
+            .await
+            .map_err(|e| {
+                io_err(
+                    &format!("cannot index {job_id}/{name} in {}", self.index.name),
+                    e,
+                )
+            })?;
         let mut file =
             tokio::io::BufReader::with_capacity(256 * 1024, tokio::fs::File::open(local).await?);
         let object = format!("{job_id}/{name}");
@@ -140,51 +178,34 @@ impl Spool for NatsSpool {
         }
     }
 
-    async fn put_marker(&self, job_id: &str, summary: &[u8]) -> std::io::Result<()> {
-        check_names(job_id, None)?;
-        let object = marker_name(job_id);
-        let mut reader = summary;
-        self.store
-            .put(object.as_str(), &mut reader)
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                io_err(
-                    &format!("cannot store {object} in spool bucket {}", self.bucket),
-                    e,
-                )
-            })
-    }
-
-    async fn marker(&self, job_id: &str) -> std::io::Result<Option<Vec<u8>>> {
-        check_names(job_id, None)?;
-        let object = marker_name(job_id);
-        let mut reader = match self.store.get(object.as_str()).await {
-            Ok(reader) => reader,
-            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(io_err(
-                    &format!("cannot read {object} from spool bucket {}", self.bucket),
-                    e,
-                ));
-            }
-        };
-        let mut bytes = Vec::new();
-        reader.read_to_end(&mut bytes).await?;
-        Ok(Some(bytes))
-    }
-
     async fn remove_job(&self, job_id: &str) -> std::io::Result<()> {
         check_names(job_id, None)?;
-        // Files first, the marker last: a job whose removal is interrupted still
-        // says it was dumped.
-        for name in self.names_of(job_id).await? {
-            self.store
-                .delete(name.as_str())
-                .await
-                .map_err(|e| io_err(&format!("cannot delete {name} from the spool bucket"), e))?;
+        // Each object before its index key: an interrupted removal is finished by
+        // the next one, which still finds the key.
+        for (key, name) in self.names_of(job_id).await? {
+            let object = format!("{job_id}/{name}");
+            match self.store.delete(object.as_str()).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == object_store::DeleteErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(io_err(
+                        &format!("cannot delete {object} from spool bucket {}", self.bucket),
+                        e,
+                    ));
+                }
+            }
+            self.index.purge(key.as_str()).await.map_err(|e| {
+                io_err(
+                    &format!("cannot remove {key} from spool index {}", self.index.name),
+                    e,
+                )
+            })?;
         }
         Ok(())
+    }
+
+    fn node_local(&self) -> bool {
+        false
     }
 
     fn describe(&self) -> String {
