@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use ferry_testkit::TestConfig;
 use sha2::{Digest, Sha256};
 
 fn ferry(config: &Path, args: &[&str]) -> Output {
@@ -53,11 +54,7 @@ fn verify_exits_zero_on_a_good_backup_and_names_every_damaged_object() {
     let store = dir.path().join("store");
     let objects = backup_in(&store);
     let config = dir.path().join("ferry.toml");
-    std::fs::write(
-        &config,
-        format!("[storage]\nkind = \"fs\"\npath = \"{}\"\n", store.display()),
-    )
-    .unwrap();
+    TestConfig::new().fs_store(&store).write(&config);
 
     let out = ferry(
         &config,

@@ -1,9 +1,37 @@
-//! `ferry list`: backups from the manifests, newest first.
+//! `ferry list`: backups from the manifests, newest first. Reads only the store.
 
 use std::io::Write;
+use std::process::ExitCode;
 
+use ferry_runtime::Config;
 use ferry_storage::{Catalog, Manifest, ObjectStore};
 use futures::StreamExt;
+
+use crate::output;
+
+/// `ferry list`
+#[derive(clap::Args)]
+pub struct ListArgs {
+    /// Only this source.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// JSON (the manifests) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `ferry list`: streams the listing, one manifest at a time.
+pub async fn run(config: &Config, args: ListArgs) -> anyhow::Result<ExitCode> {
+    let store = ferry_runtime::store::open(&config.storage)?;
+    print(
+        store.as_ref(),
+        args.source.as_deref(),
+        args.json,
+        &mut std::io::stdout().lock(),
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
 
 /// Every backup (of one source, when given), newest first in the catalog's order
 /// (the time in the backup id): the same order `--backup latest` resolves by.
@@ -34,7 +62,7 @@ pub async fn print(
     if json {
         write!(out, "[")?;
     } else {
-        out.write_all(header().as_bytes())?;
+        out.write_all(output::backups_header().as_bytes())?;
     }
     each(store, source, |m| {
         if json {
@@ -44,7 +72,7 @@ pub async fn print(
             let indented: Vec<String> = item.lines().map(|l| format!("  {l}")).collect();
             write!(out, "{}", indented.join("\n"))?;
         } else {
-            out.write_all(row(&m).as_bytes())?;
+            out.write_all(output::backup_row(&m).as_bytes())?;
         }
         count += 1;
         Ok(())
@@ -84,41 +112,6 @@ async fn each(
         }
     }
     Ok(())
-}
-
-/// A human-readable table.
-pub fn table(backups: &[Manifest]) -> String {
-    let mut out = header();
-    for m in backups {
-        out.push_str(&row(m));
-    }
-    out
-}
-
-fn header() -> String {
-    format!(
-        "{:<16} {:<28} {:<20} {:>6} {:>12} {:>7} {:>9}\n",
-        "SOURCE", "BACKUP", "COMPLETED (UTC)", "FILES", "SIZE", "REUSED", "DURATION"
-    )
-}
-
-fn row(m: &Manifest) -> String {
-    let reused = if m.bytes_total == 0 {
-        0.0
-    } else {
-        100.0 * m.bytes_reused as f64 / m.bytes_total as f64
-    };
-    let secs = (m.completed_at - m.started_at).num_milliseconds() as f64 / 1000.0;
-    format!(
-        "{:<16} {:<28} {:<20} {:>6} {:>12} {:>6.0}% {:>8.1}s\n",
-        m.source,
-        m.backup_id,
-        m.completed_at.format("%Y-%m-%d %H:%M:%S"),
-        m.files.len(),
-        ferry_runtime::human::bytes(m.bytes_total),
-        reused,
-        secs
-    )
 }
 
 #[cfg(test)]
@@ -183,6 +176,9 @@ mod tests {
         super::print(&store, Some("shop"), false, &mut out)
             .await
             .unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), super::table(&whole));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            crate::output::backups_table(&whole)
+        );
     }
 }

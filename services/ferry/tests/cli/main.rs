@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use ferry_testkit::{NatsServer, PgCluster};
+use ferry_testkit::{NatsServer, PgCluster, Source, TestConfig};
+
+mod read_only;
 
 fn ferry(config: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -142,44 +144,19 @@ async fn backup_now_waits_for_the_outcome_and_the_backup_can_be_listed_and_fetch
     let password_file = dir.path().join("pw");
     std::fs::write(&password_file, &pg.password).unwrap();
     let config = dir.path().join("ferry.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[nats]
-url = "{nats}"
-[spool]
-path = "{spool}"
-[storage]
-path = "{store}"
-[http]
-listen = "127.0.0.1:{http_port}"
-[dumper]
-pg_bin_dir = "{bin}"
-
-[[sources]]
-name = "good"
-engine = "postgres"
-url = "{url}"
-password_file = "{pw}"
-
-[[sources]]
-name = "missingdb"
-engine = "postgres"
-url = "{missing}"
-password_file = "{pw}"
-"#,
-            nats = nats.url(),
-            spool = dir.path().join("spool").display(),
-            store = dir.path().join("store").display(),
-            bin = pg.bin_dir.display(),
-            url = pg.url_without_password(&db.name),
-            missing = pg.url_without_password("no_such_database"),
-            http_port = http_port,
-            pw = password_file.display(),
-        ),
-    )
-    .unwrap();
+    TestConfig::new()
+        .nats(nats.url())
+        .dir_spool(&dir.path().join("spool"))
+        .fs_store(&dir.path().join("store"))
+        .http(format!("127.0.0.1:{http_port}"))
+        .pg_bin_dir(&pg.bin_dir)
+        .postgres_source("good", &pg.url_without_password(&db.name), &password_file)
+        .postgres_source(
+            "missingdb",
+            &pg.url_without_password("no_such_database"),
+            &password_file,
+        )
+        .write(&config);
     let _up = Running(
         Command::new(env!("CARGO_BIN_EXE_ferry"))
             .arg("--config")
@@ -336,14 +313,10 @@ async fn sources_are_added_paused_and_removed_from_the_cli() {
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ferry.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[nats]\nurl = \"{}\"\n[http]\nlisten = \"\"\n\n[[sources]]\nname = \"filed\"\nengine = \"postgres\"\nurl = \"postgres://backup@db1/filed\"\nschedule = \"0 2 * * *\"\n",
-            nats.url()
-        ),
-    )
-    .unwrap();
+    TestConfig::new()
+        .nats(nats.url())
+        .source(Source::postgres("filed", "postgres://backup@db1/filed").schedule("0 2 * * *"))
+        .write(&config);
     let cli = |args: Vec<&'static str>| {
         let config = config.clone();
         tokio::task::spawn_blocking(move || ferry(&config, &args))
@@ -486,10 +459,11 @@ async fn restore_to_a_mongodb_server_with_rename_and_drop() {
         .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let source = ferry_runtime::config::Config::from_toml(&format!(
-        "[[sources]]\nname = \"cat\"\nengine = \"mongodb\"\nurl = \"{}\"\ndatabases = [\"{db_name}\"]\n",
-        server.url()
-    ))
+    let source = ferry_runtime::config::Config::from_toml(
+        &TestConfig::new()
+            .source(Source::mongodb("cat", server.url(), &[&db_name]))
+            .to_toml(),
+    )
     .unwrap()
     .sources
     .remove(0);
@@ -502,10 +476,9 @@ async fn restore_to_a_mongodb_server_with_rename_and_drop() {
         .await
         .unwrap();
     let config = dir.path().join("ferry.toml");
-    let toml = format!(
-        "[storage]\nkind = \"fs\"\npath = \"{}\"\n",
-        dir.path().join("store").display()
-    );
+    let toml = TestConfig::new()
+        .fs_store(&dir.path().join("store"))
+        .to_toml();
     std::fs::write(&config, &toml).unwrap();
     let store =
         ferry_runtime::store::open(&ferry_runtime::Config::from_toml(&toml).unwrap().storage)

@@ -1,17 +1,43 @@
 //! `ferry status`: per source, the last success, the last failure, the next
 //! scheduled run and whether a backup is running now, from the catalog (the latest
 //! backup, resolved as every command resolves it), the event stream, the registry
-//! and the lease bucket (no other state exists).
+//! and the lease bucket (no other state exists). A read-only command: it attaches
+//! to NATS without declaring anything, so a user that may only read runs it.
+
+use std::process::ExitCode;
 
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use ferry_proto::Message;
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupFailed, BackupUploaded, Stage};
-use ferry_runtime::Runtime;
+use ferry_runtime::nats::{existing_bucket, existing_stream};
+use ferry_runtime::{Config, Runtime};
 use ferry_scheduler::cron::Schedule;
 use ferry_storage::Catalog;
 use serde::Serialize;
+
+use crate::output;
+
+/// `ferry status`
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `ferry status`.
+pub async fn run(config: Config, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let rt = Runtime::attach(config, "ferry-cli").await?;
+    let statuses = collect(&rt).await?;
+    if args.json {
+        output::json(&statuses)?;
+    } else {
+        print!("{}", output::status_table(&statuses));
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 /// One source's status.
 #[derive(Debug, Clone, Serialize)]
@@ -71,10 +97,11 @@ async fn latest_backup(catalog: &Catalog<'_>, source: &str) -> anyhow::Result<Op
     }
 }
 
-/// The status of every source, by name.
+/// The status of every source, by name. Reads only: a stream or bucket that does
+/// not exist yet (no worker ever started) reads as empty.
 pub async fn collect(rt: &Runtime) -> anyhow::Result<Vec<SourceStatus>> {
-    let events = rt.jetstream.get_stream(subjects::EVENTS_STREAM).await?;
-    let locks = rt.jetstream.get_key_value(subjects::LOCKS_BUCKET).await?;
+    let events = existing_stream(&rt.jetstream, subjects::EVENTS_STREAM).await?;
+    let locks = existing_bucket(&rt.jetstream, subjects::LOCKS_BUCKET).await?;
     let now = Utc::now();
     let store = ferry_runtime::store::open(&rt.config.storage)?;
     let catalog = Catalog::new(store.as_ref());
@@ -89,7 +116,7 @@ pub async fn collect(rt: &Runtime) -> anyhow::Result<Vec<SourceStatus>> {
                     "warning: cannot read the backups of {name} from {} ({e}); showing the last success event instead",
                     store.describe()
                 );
-                last::<BackupUploaded>(&events, EventKind::Uploaded, &name)
+                last::<BackupUploaded>(events.as_ref(), EventKind::Uploaded, &name)
                     .await
                     .map(|u| Success {
                         at: u.occurred_at.as_ref().and_then(ferry_proto::from_timestamp),
@@ -98,7 +125,7 @@ pub async fn collect(rt: &Runtime) -> anyhow::Result<Vec<SourceStatus>> {
                     })
             }
         };
-        let last_failure = last::<BackupFailed>(&events, EventKind::Failed, &name)
+        let last_failure = last::<BackupFailed>(events.as_ref(), EventKind::Failed, &name)
             .await
             .map(|f| Failure {
                 at: f.occurred_at.as_ref().and_then(ferry_proto::from_timestamp),
@@ -115,18 +142,14 @@ pub async fn collect(rt: &Runtime) -> anyhow::Result<Vec<SourceStatus>> {
         } else {
             Schedule::of(&s.config).and_then(|sch| sch.next_after(now))
         };
-        let running = locks
-            .get(&name)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|v| serde_json::from_slice(&v).ok());
+        let running = match &locks {
+            Some(locks) => locks.get(&name).await.ok().flatten(),
+            None => None,
+        }
+        .and_then(|v| serde_json::from_slice(&v).ok());
         out.push(SourceStatus {
             source: name,
-            origin: match s.origin {
-                ferry_runtime::registry::Origin::File => "file",
-                ferry_runtime::registry::Origin::Registry => "registry",
-            },
+            origin: output::origin(s.origin),
             paused: s.paused,
             last_success,
             last_failure,
@@ -138,59 +161,13 @@ pub async fn collect(rt: &Runtime) -> anyhow::Result<Vec<SourceStatus>> {
 }
 
 async fn last<M: Message + Default>(
-    events: &jetstream::stream::Stream,
+    events: Option<&jetstream::stream::Stream>,
     kind: EventKind,
     source: &str,
 ) -> Option<M> {
-    let message = events
+    let message = events?
         .get_last_raw_message_by_subject(&kind.subject(source))
         .await
         .ok()?;
     M::decode(message.payload.as_ref()).ok()
-}
-
-/// A human-readable table.
-pub fn table(statuses: &[SourceStatus]) -> String {
-    let when = |t: Option<DateTime<Utc>>| {
-        t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-            .unwrap_or_else(|| "-".into())
-    };
-    let mut out = format!(
-        "{:<20} {:<9} {:<28} {:<20} {:<36} {:<20} {}\n",
-        "SOURCE", "ORIGIN", "LAST SUCCESS", "AT (UTC)", "LAST FAILURE", "NEXT RUN (UTC)", "RUNNING"
-    );
-    for s in statuses {
-        let success = s
-            .last_success
-            .as_ref()
-            .map(|x| x.backup_id.clone())
-            .unwrap_or_else(|| "-".into());
-        let success_at = when(s.last_success.as_ref().and_then(|x| x.at));
-        let failure = s
-            .last_failure
-            .as_ref()
-            .map(|f| format!("{} {} ({})", when(f.at), f.reason, f.stage))
-            .unwrap_or_else(|| "-".into());
-        let next = if s.paused {
-            "paused".to_string()
-        } else {
-            when(s.next_run)
-        };
-        let running = s
-            .running
-            .as_ref()
-            .map(|r| {
-                format!(
-                    "job {} on {}",
-                    r["job_id"].as_str().unwrap_or("?"),
-                    r["node"].as_str().unwrap_or("?")
-                )
-            })
-            .unwrap_or_else(|| "-".into());
-        out.push_str(&format!(
-            "{:<20} {:<9} {:<28} {:<20} {:<36} {:<20} {}\n",
-            s.source, s.origin, success, success_at, failure, next, running
-        ));
-    }
-    out
 }

@@ -1,12 +1,91 @@
 //! `ferry backup now`: publish a job request, optionally wait for its outcome.
+//! A writing command: it publishes on core NATS and needs no stream declared.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Subcommand;
 use ferry_proto::Message;
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupFailed, BackupUploaded, Stage};
+use ferry_runtime::Config;
+use ferry_runtime::process::EXIT_FAILURE;
 use ferry_scheduler::{ManualReply, ManualRequest, RequestPriority};
 use futures::StreamExt;
+
+/// `ferry backup …`
+#[derive(Subcommand)]
+pub enum BackupCommand {
+    /// Publish a job for a source now.
+    Now {
+        /// The source to back up.
+        #[arg(long)]
+        source: String,
+        /// Wait for the outcome; exit 0 only when the backup is stored.
+        #[arg(long)]
+        wait: bool,
+        /// Longest wait, e.g. 30m (default: the source's timeout plus 5 minutes).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// Take the dumpers' express lane, ahead of queued scheduled jobs.
+        #[arg(long)]
+        urgent: bool,
+    },
+}
+
+/// Runs `ferry backup now`: the backup id on stdout when it is stored (with
+/// `--wait`), exit 1 when it failed.
+pub async fn run(config: &Config, command: BackupCommand) -> anyhow::Result<ExitCode> {
+    let BackupCommand::Now {
+        source,
+        wait,
+        timeout,
+        urgent,
+    } = command;
+    let client = ferry_runtime::nats::connect(&config.nats, "ferry-cli").await?;
+    let wait = wait.then(|| {
+        timeout.unwrap_or_else(|| {
+            config
+                .source(&source)
+                .map(|s| s.timeout)
+                .unwrap_or(Duration::from_secs(7200))
+                + Duration::from_secs(300)
+        })
+    });
+    let priority = if urgent {
+        RequestPriority::High
+    } else {
+        RequestPriority::Normal
+    };
+    Ok(match now_with(&client, &source, priority, wait).await? {
+        Outcome::Queued { job_id, backup_id } => {
+            println!("queued job {job_id}: backup {backup_id}");
+            ExitCode::SUCCESS
+        }
+        Outcome::Succeeded(up) => {
+            println!("{}", up.backup_id);
+            eprintln!(
+                "backed up {}: {} files, {} bytes ({} reused) in {:.1}s",
+                up.source,
+                up.files,
+                up.bytes_total,
+                up.bytes_reused,
+                up.duration_ms as f64 / 1000.0
+            );
+            ExitCode::SUCCESS
+        }
+        Outcome::Failed(f) => {
+            let stage = Stage::try_from(f.stage)
+                .unwrap_or(Stage::Unspecified)
+                .name();
+            eprintln!(
+                "backup of {source} failed at the {stage} stage ({}): {}",
+                f.reason, f.message
+            );
+            ExitCode::from(EXIT_FAILURE)
+        }
+    })
+}
 
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

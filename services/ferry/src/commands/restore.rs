@@ -1,0 +1,170 @@
+//! `ferry restore`: a backup into a PostgreSQL or MongoDB server (`--to`), or into a
+//! directory in the standard tools' layout (`--to-dir`). The engines are the library
+//! module [`crate::restore`]; this is the command around them. It reads only the
+//! store and never connects to NATS.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use ferry_runtime::Config;
+use ferry_runtime::secrets::{SecretSource, read_secret};
+use secrecy::ExposeSecret;
+
+use crate::restore::mongo::MongoRestoreOptions;
+use crate::restore::postgres::PgRestore;
+
+/// `ferry restore`
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    /// The source.
+    #[arg(long)]
+    pub source: String,
+    /// A backup id, or `latest`.
+    #[arg(long, default_value = "latest")]
+    pub backup: String,
+    /// Where to write it in the standard tool's layout: one pg_dump directory
+    /// archive per database (for `pg_restore`), or mongodump's layout (for
+    /// `mongorestore --dir`).
+    #[arg(long, conflicts_with = "to")]
+    pub to_dir: Option<PathBuf>,
+    /// The server to restore into: `postgres://user@host/orders_copy` (password:
+    /// PGPASSWORD or ~/.pgpass) or `mongodb://user@host:27017/`.
+    #[arg(long, required_unless_present = "to_dir")]
+    pub to: Option<String>,
+    /// A file holding the password of the user in --to.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// Restore only this collection, `db.name` as named in the backup.
+    #[arg(long)]
+    pub collection: Option<String>,
+    /// Restore database `old` as `new` (repeatable).
+    #[arg(long, value_name = "OLD:NEW")]
+    pub rename_db: Vec<String>,
+    /// Drop existing collections before restoring them.
+    #[arg(long)]
+    pub drop: bool,
+    /// Collections restored at once.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    /// Which database of the backup, when it holds several.
+    #[arg(long, requires = "to")]
+    pub database: Option<String>,
+    /// Create the target database first.
+    #[arg(long, requires = "to")]
+    pub create: bool,
+    /// Restore only this table, schema.name.
+    #[arg(long, requires = "to")]
+    pub table: Option<String>,
+    /// Tables pg_restore loads in parallel (default: this machine's cores).
+    #[arg(short = 'j', long, requires = "to")]
+    pub jobs: Option<usize>,
+    /// Where the verified, decompressed archive is staged (default: the
+    /// system's temp directory).
+    #[arg(long, requires = "to")]
+    pub work_dir: Option<PathBuf>,
+}
+
+/// Runs `ferry restore`: to a directory, a PostgreSQL server or a MongoDB server.
+pub async fn run(config: &Config, args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let (source, backup) = (args.source.as_str(), args.backup.as_str());
+    if let Some(dir) = &args.to_dir {
+        let store = ferry_runtime::store::open(&config.storage)?;
+        let store = store.as_ref();
+        let manifest = crate::restore::find_backup(store, source, backup).await?;
+        let bytes = crate::restore::fetch_to_dir(store, &manifest, dir).await?;
+        eprintln!(
+            "restored backup {} of {} ({} files, {bytes} bytes, every SHA-256 checked) into {}",
+            manifest.backup_id,
+            source,
+            manifest.files.len(),
+            dir.display()
+        );
+        if manifest.engine == ferry_storage::Engine::Mongodb {
+            eprintln!("  mongorestore --dir {} --oplogReplay", dir.display());
+        } else {
+            for db in &manifest.databases {
+                eprintln!("  pg_restore --dbname <target> {}", dir.join(db).display());
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let to = args.to.clone().unwrap_or_default();
+    if to.starts_with("postgres://") || to.starts_with("postgresql://") {
+        let dumper = config.section::<ferry_dumper::config::DumperConfig>()?;
+        let opts = PgRestore {
+            to,
+            database: args.database,
+            create: args.create,
+            table: args.table,
+            jobs: args.jobs,
+            work_dir: args.work_dir,
+            pg_bin_dir: dumper.pg_bin_dir.clone(),
+        };
+        let store = ferry_runtime::store::open(&config.storage)?;
+        let store = store.as_ref();
+        let manifest = crate::restore::find_backup(store, source, backup).await?;
+        crate::restore::postgres::restore(store, &manifest, &opts).await?;
+        eprintln!(
+            "restored backup {} of {source} into {} (every SHA-256 checked)",
+            manifest.backup_id,
+            redact(&opts.to)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let options = mongo_options(to, &args)?;
+    let store = ferry_runtime::store::open(&config.storage)?;
+    let store = store.as_ref();
+    let manifest = crate::restore::find_backup(store, source, backup).await?;
+    let report = crate::restore::mongo::restore(store, &manifest, &options).await?;
+    eprintln!(
+        "restored backup {} of {}: {} collections, {} documents, {} changes replayed (every SHA-256 checked)",
+        manifest.backup_id, source, report.collections, report.documents, report.oplog_applied
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The MongoDB restore's options; the password is read through the runtime's
+/// secret reader, like every other secret.
+fn mongo_options(to: String, args: &RestoreArgs) -> anyhow::Result<MongoRestoreOptions> {
+    let password = args
+        .password_file
+        .as_deref()
+        .map(read_password)
+        .transpose()?;
+    let mut renames = BTreeMap::new();
+    for pair in &args.rename_db {
+        let (old, new) = pair
+            .split_once(':')
+            .filter(|(o, n)| !o.is_empty() && !n.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("--rename-db {pair:?}: expected OLD:NEW"))?;
+        renames.insert(old.to_string(), new.to_string());
+    }
+    Ok(MongoRestoreOptions {
+        to,
+        password,
+        collection: args.collection.clone(),
+        rename_db: renames,
+        drop: args.drop,
+        parallel_collections: args.parallel.max(1),
+        parallel_batches: 4,
+        progress: true,
+    })
+}
+
+fn read_password(path: &Path) -> anyhow::Result<String> {
+    let secret = read_secret(SecretSource::File(path))
+        .map_err(|e| anyhow::anyhow!("--password-file: {e}"))?;
+    Ok(secret.expose_secret().to_owned())
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "(the target)".into(),
+    }
+}

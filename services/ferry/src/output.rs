@@ -1,0 +1,197 @@
+//! What the commands print: the human-readable tables and the `--json` documents, in
+//! one place, so that every command formats times, sizes and JSON alike. Scripts and
+//! tests read these: a column or key renamed here breaks them.
+
+use chrono::{DateTime, Utc};
+use ferry_retention::Plan;
+use ferry_runtime::registry::{Origin, RegisteredSource};
+use ferry_storage::Manifest;
+use serde::Serialize;
+
+use crate::commands::status::SourceStatus;
+
+/// Prints `value` as pretty JSON (the `--json` of `list`, `status`, `sources list`
+/// and `retention`).
+pub fn json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Prints `value` as JSON on one line (`verify --json`).
+pub fn json_line(value: &serde_json::Value) {
+    println!("{value}");
+}
+
+/// A time in the tables' form (UTC), or `-`.
+fn when(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `file` or `registry`.
+pub fn origin(origin: Origin) -> &'static str {
+    match origin {
+        Origin::File => "file",
+        Origin::Registry => "registry",
+    }
+}
+
+/// `ferry list`: the table's header line.
+pub fn backups_header() -> String {
+    format!(
+        "{:<16} {:<28} {:<20} {:>6} {:>12} {:>7} {:>9}\n",
+        "SOURCE", "BACKUP", "COMPLETED (UTC)", "FILES", "SIZE", "REUSED", "DURATION"
+    )
+}
+
+/// `ferry list`: one backup's row.
+pub fn backup_row(m: &Manifest) -> String {
+    let reused = if m.bytes_total == 0 {
+        0.0
+    } else {
+        100.0 * m.bytes_reused as f64 / m.bytes_total as f64
+    };
+    let secs = (m.completed_at - m.started_at).num_milliseconds() as f64 / 1000.0;
+    format!(
+        "{:<16} {:<28} {:<20} {:>6} {:>12} {:>6.0}% {:>8.1}s\n",
+        m.source,
+        m.backup_id,
+        m.completed_at.format("%Y-%m-%d %H:%M:%S"),
+        m.files.len(),
+        ferry_runtime::human::bytes(m.bytes_total),
+        reused,
+        secs
+    )
+}
+
+/// `ferry list`: the whole table (`ferry list` itself streams it row by row).
+pub fn backups_table(backups: &[Manifest]) -> String {
+    let mut out = backups_header();
+    for m in backups {
+        out.push_str(&backup_row(m));
+    }
+    out
+}
+
+/// `ferry status`: one row per source.
+pub fn status_table(statuses: &[SourceStatus]) -> String {
+    let mut out = format!(
+        "{:<20} {:<9} {:<28} {:<20} {:<36} {:<20} {}\n",
+        "SOURCE", "ORIGIN", "LAST SUCCESS", "AT (UTC)", "LAST FAILURE", "NEXT RUN (UTC)", "RUNNING"
+    );
+    for s in statuses {
+        let success = s
+            .last_success
+            .as_ref()
+            .map(|x| x.backup_id.clone())
+            .unwrap_or_else(|| "-".into());
+        let success_at = when(s.last_success.as_ref().and_then(|x| x.at));
+        let failure = s
+            .last_failure
+            .as_ref()
+            .map(|f| format!("{} {} ({})", when(f.at), f.reason, f.stage))
+            .unwrap_or_else(|| "-".into());
+        let next = if s.paused {
+            "paused".to_string()
+        } else {
+            when(s.next_run)
+        };
+        let running = s
+            .running
+            .as_ref()
+            .map(|r| {
+                format!(
+                    "job {} on {}",
+                    r["job_id"].as_str().unwrap_or("?"),
+                    r["node"].as_str().unwrap_or("?")
+                )
+            })
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{:<20} {:<9} {:<28} {:<20} {:<36} {:<20} {}\n",
+            s.source, s.origin, success, success_at, failure, next, running
+        ));
+    }
+    out
+}
+
+/// `ferry sources list --json`: the source as configured, where it is defined,
+/// whether it is paused.
+pub fn sources_json(sources: &[RegisteredSource]) -> Vec<serde_json::Value> {
+    sources
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "source": s.config,
+                "origin": origin(s.origin),
+                "paused": s.paused,
+            })
+        })
+        .collect()
+}
+
+/// `ferry sources list`: one row per source.
+pub fn sources_table(sources: &[RegisteredSource]) -> String {
+    let mut out = format!(
+        "{:<20} {:<9} {:<9} {:<7} {:<20} TIMEZONE\n",
+        "SOURCE", "ENGINE", "ORIGIN", "PAUSED", "SCHEDULE"
+    );
+    for s in sources {
+        out.push_str(&format!(
+            "{:<20} {:<9} {:<9} {:<7} {:<20} {}\n",
+            s.config.name,
+            format!("{:?}", s.config.engine).to_lowercase(),
+            origin(s.origin),
+            if s.paused { "yes" } else { "no" },
+            s.config.schedule.as_deref().unwrap_or("manual"),
+            s.config.timezone
+        ));
+    }
+    out
+}
+
+/// `ferry retention plan --json`: what is kept and what is deleted, with the rule.
+pub fn plan_json(plan: &Plan) -> serde_json::Value {
+    let rows = |ds: &[ferry_retention::Decision]| -> Vec<serde_json::Value> {
+        ds.iter()
+            .map(|d| serde_json::json!({"backup_id": d.id, "rule": d.rule}))
+            .collect()
+    };
+    serde_json::json!({"keep": rows(&plan.keep), "delete": rows(&plan.delete)})
+}
+
+/// `ferry retention plan`: newest first, kept and deleted interleaved by time.
+pub fn plan_table(source: &str, plan: &Plan) -> String {
+    let mut rows: Vec<(&str, &str, &str)> = plan
+        .keep
+        .iter()
+        .map(|d| (d.id.as_str(), "keep", d.rule))
+        .chain(
+            plan.delete
+                .iter()
+                .map(|d| (d.id.as_str(), "DELETE", d.rule)),
+        )
+        .collect();
+    rows.sort_by(|a, b| b.0.cmp(a.0));
+    let mut out = format!("{:<32} {:<7} {}\n", "BACKUP", "ACTION", "RULE");
+    for (id, action, rule) in rows {
+        out.push_str(&format!("{id:<32} {action:<7} {rule}\n"));
+    }
+    out.push_str(&format!(
+        "{source}: {} kept, {} to delete\n",
+        plan.keep.len(),
+        plan.delete.len()
+    ));
+    out
+}
+
+/// `ferry retention apply --json`: one `RetentionApplied` event per source.
+pub fn applied_json(e: &ferry_proto::v1::RetentionApplied) -> serde_json::Value {
+    serde_json::json!({
+        "source": e.source,
+        "kept": e.kept.iter().map(|k| serde_json::json!({"backup_id": k.backup_id, "rule": k.rule})).collect::<Vec<_>>(),
+        "deleted": e.deleted.iter().map(|k| serde_json::json!({"backup_id": k.backup_id, "rule": k.rule})).collect::<Vec<_>>(),
+        "objects_deleted": e.objects_deleted,
+        "bytes_freed": e.bytes_freed,
+    })
+}
