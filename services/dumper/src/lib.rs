@@ -3,10 +3,12 @@
 //! the configured spool (the same directory, or the NATS bucket) and publishes
 //! `DumpCompleted`.
 //!
-//! Idempotent on `job_id`: a finished dump leaves a marker in the spool (removed
-//! with the job's files by the uploader), so a redelivered job re-announces the same
-//! dump instead of dumping again; an unfinished one is discarded and redone.
+//! Idempotent on `job_id`: a finished dump is recorded, last, in the job's record
+//! in NATS ([`ferry_runtime::jobstate`]), so a redelivered job re-announces the same
+//! dump instead of dumping again (or does nothing once the backup is committed); an
+//! unfinished one is discarded and redone.
 
+pub mod config;
 pub mod mongo;
 pub mod output;
 pub mod postgres;
@@ -15,17 +17,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
+use config::{CompressionKind, DumperConfig};
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{
     DumpCompleted, DumpFile, Engine, JobRequested, PostgresDetails, SpoolLocation, Stage,
 };
 use ferry_proto::{Message, reason};
-use ferry_runtime::config::{
-    CompressionKind, DumperConfig, EngineKind, OverlapPolicy, SourceConfig,
-};
+use ferry_runtime::config::{EngineKind, OverlapPolicy, SectionSpec, SourceConfig};
+use ferry_runtime::jobstate::{JobRecord, JobState};
 use ferry_runtime::lease;
+use ferry_runtime::process::{ReadinessNeeds, ServiceSpec};
 use ferry_runtime::secrets::{SecretSource, read_secret};
-use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
+use ferry_runtime::{
+    ConsumerSpec, Deliver, Handler, HandlerError, JobContext, Outgoing, Runtime, msg_id,
+};
 use ferry_storage::spool::{DirSpool, Spool};
 use output::{Compression, JobOutput};
 use secrecy::SecretString;
@@ -33,9 +38,19 @@ use tokio_util::sync::CancellationToken;
 
 pub use postgres::PgTools;
 
+/// What the dumper declares to the process that runs it: its `[dumper]` section;
+/// its readiness needs NATS only (it never touches the store).
+pub const SERVICE: ServiceSpec = ServiceSpec {
+    name: "ferry-dumper",
+    sections: &[SectionSpec::of::<DumperConfig>()],
+    readiness: ReadinessNeeds { store: false },
+};
+
 /// The dumper's handler.
 pub struct Dumper {
     rt: Runtime,
+    /// `[dumper]`.
+    config: Arc<DumperConfig>,
     /// `spool.path`: where files are written, compressed and hashed, whatever the
     /// spool kind.
     local: DirSpool,
@@ -43,7 +58,7 @@ pub struct Dumper {
     spool: Arc<dyn Spool>,
     node: String,
     pg: PgTools,
-    done: kv::Store,
+    jobs: JobState,
     locks: kv::Store,
     /// Which queue this handler serves.
     lane: Lane,
@@ -75,17 +90,9 @@ impl Dumper {
         )
         .await?;
         let node = spool_node(&rt);
-        let pg = PgTools::new(
-            rt.config.dumper.pg_bin_dir.clone(),
-            rt.config.dumper.pg_jobs,
-        );
-        let done = rt
-            .jetstream
-            .get_key_value(subjects::JOBS_DONE_BUCKET)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("opening the {} bucket: {e}", subjects::JOBS_DONE_BUCKET)
-            })?;
+        let config = rt.config.section::<DumperConfig>()?;
+        let pg = PgTools::new(config.pg_bin_dir.clone(), config.pg_jobs);
+        let jobs = JobState::open(&rt.jetstream).await?;
         let locks = rt
             .jetstream
             .get_key_value(subjects::LOCKS_BUCKET)
@@ -93,11 +100,12 @@ impl Dumper {
             .map_err(|e| anyhow::anyhow!("opening the {} bucket: {e}", subjects::LOCKS_BUCKET))?;
         Ok(Dumper {
             rt,
+            config,
             local,
             spool,
             node,
             pg,
-            done,
+            jobs,
             locks,
             lane,
         })
@@ -117,13 +125,18 @@ pub fn spool_node(rt: &Runtime) -> String {
 pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()> {
     let normal = Arc::new(Dumper::new(rt.clone(), Lane::Normal).await?);
     let high = Arc::new(Dumper::new(rt.clone(), Lane::High).await?);
-    let (normal, high) = tokio::join!(
-        rt.run_handler(normal, rt.config.dumper.concurrency, shutdown.clone()),
-        rt.run_handler(high, 1, shutdown.clone()),
-    );
-    normal?;
-    high?;
-    Ok(())
+    // One group: a lane that fails or panics stops the other, and the process.
+    let mut tasks = ferry_runtime::Tasks::new(&shutdown);
+    let (rt_normal, group) = (rt.clone(), tasks.shutdown());
+    let concurrency = normal.config.concurrency;
+    tasks.spawn("dumper", async move {
+        Ok(rt_normal.run_handler(normal, concurrency, group).await?)
+    });
+    let group = tasks.shutdown();
+    tasks.spawn("dumper express lane", async move {
+        Ok(rt.run_handler(high, 1, group).await?)
+    });
+    Ok(tasks.join().await?)
 }
 
 impl Handler for Dumper {
@@ -137,10 +150,11 @@ impl Handler for Dumper {
                 Lane::Normal => "ferry-dumper".into(),
                 Lane::High => "ferry-dumper-high".into(),
             },
-            filter: match self.lane {
+            filters: vec![match self.lane {
                 Lane::Normal => subjects::JOB_DUMP.into(),
                 Lane::High => subjects::JOB_DUMP_HIGH.into(),
-            },
+            }],
+            deliver: Deliver::All,
             ack_wait: Duration::from_secs(60),
             max_deliver: 4,
         }
@@ -173,17 +187,27 @@ impl Handler for Dumper {
             .local
             .job_dir(&job.job_id)
             .map_err(|e| HandlerError::permanent(reason::MALFORMED_MESSAGE, e.to_string()))?;
-        if let Ok(Some(bytes)) = self.spool.marker(&job.job_id).await
-            && let Ok(done) = DumpCompleted::decode(bytes.as_slice())
-        {
-            tracing::info!("dump already completed by an earlier delivery; announcing it again");
-            return Ok(vec![completed_event(&done)]);
-        }
-        // No marker but recorded as done: the uploader has already taken the files
-        // and removed them. Dumping again would only waste the database's time.
-        if matches!(self.done.get(&job.job_id).await, Ok(Some(_))) {
-            tracing::info!("job already dumped and uploaded by an earlier delivery; nothing to do");
-            return Ok(Vec::new());
+        let record = self
+            .jobs
+            .get(&job.job_id)
+            .await
+            .map_err(|e| HandlerError::retryable(reason::INTERNAL, e.to_string()))?;
+        match record {
+            Some(JobRecord::Dumped(done)) => {
+                tracing::info!(
+                    "dump already completed by an earlier delivery; announcing it again"
+                );
+                return Ok(vec![completed_event(&done)]);
+            }
+            // The uploader has already committed the backup and removed the files:
+            // dumping again would only waste the database's time.
+            Some(JobRecord::Committed { .. }) => {
+                tracing::info!(
+                    "job already dumped and uploaded by an earlier delivery; nothing to do"
+                );
+                return Ok(Vec::new());
+            }
+            None => {}
         }
 
         let remaining = time_left(&job, source);
@@ -217,7 +241,7 @@ impl Dumper {
             since: chrono::Utc::now(),
         };
         let give_up = Instant::now() + remaining;
-        let ttl = self.rt.config.dumper.lease_ttl;
+        let ttl = self.rt.config.leases.ttl;
         loop {
             let attempt = lease::try_acquire(&self.locks, &source.name, &holder, ttl)
                 .await
@@ -283,7 +307,7 @@ impl Dumper {
         let clock = Instant::now();
         let dump = async {
             tokio::select! {
-                result = tokio::time::timeout(remaining, self.dump(source, &job, job_dir)) => {
+                result = tokio::time::timeout(remaining, self.dump(source, &job, job_dir, ctx)) => {
                     result.unwrap_or_else(|_| Err(timeout_error(source)))
                 }
                 _ = ctx.cancel.cancelled() => Err(HandlerError::retryable(reason::DUMP_FAILED, "the dumper is shutting down; the job will be redelivered")),
@@ -335,22 +359,17 @@ impl Dumper {
             ferry_runtime::metrics::ByteKind::Dumped,
             done.files.iter().map(|f| f.size).sum(),
         );
-        self.spool
-            .put_marker(&job.job_id, &done.encode_to_vec())
-            .await
-            .map_err(spool_err)?;
         // With the NATS spool every file has moved to the bucket; what is left here
         // is empty directories.
         prune_empty_dirs(job_dir);
-        self.done
-            .put(&job.job_id, job.backup_id.clone().into())
-            .await
-            .map_err(|e| {
-                HandlerError::retryable(
-                    reason::INTERNAL,
-                    format!("recording the completed dump: {e}"),
-                )
-            })?;
+        // Written last, after every file is in the spool: the record is what makes
+        // the dump count as done.
+        self.jobs.put_dumped(&done).await.map_err(|e| {
+            HandlerError::retryable(
+                reason::INTERNAL,
+                format!("failed to record the completed dump: {e}"),
+            )
+        })?;
         let bytes: u64 = done.files.iter().map(|f| f.size).sum();
         tracing::info!(
             files = done.files.len(),
@@ -376,10 +395,11 @@ impl Dumper {
         source: &SourceConfig,
         job: &JobRequested,
         job_dir: &std::path::Path,
+        ctx: &JobContext,
     ) -> Result<EngineDump, HandlerError> {
         let password = password_of(source)?;
         let announcer = output::Announcer::new(
-            self.rt.publisher.clone(),
+            ctx.clone(),
             self.spool.clone(),
             job,
             SpoolLocation {
@@ -391,7 +411,7 @@ impl Dumper {
             EngineKind::Postgres => {
                 let out = JobOutput::new(
                     job_dir.to_path_buf(),
-                    compression_of(&self.rt.config.dumper),
+                    compression_of(&self.config),
                     Some(announcer),
                 );
                 let staging = job_dir.join(postgres::STAGING_DIR);
@@ -409,7 +429,7 @@ impl Dumper {
                 })
             }
             EngineKind::Mongodb => {
-                let config = &self.rt.config.dumper;
+                let config = &self.config;
                 let out = output::JobOutput::new(
                     job_dir.to_path_buf(),
                     output::Compression::Zstd {
@@ -478,7 +498,7 @@ fn completed_event(done: &DumpCompleted) -> Outgoing {
         EventKind::Dumped,
         &done.source,
         done,
-        format!("{}/dumped", done.job_id),
+        msg_id::dumped(&done.job_id),
     )
 }
 

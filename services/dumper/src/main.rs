@@ -4,5 +4,5 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    ferry_runtime::process::main("ferry-dumper", ferry_dumper::run).await
+    ferry_runtime::process::main(ferry_dumper::SERVICE, ferry_dumper::run).await
 }

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 
 use ferry_proto::subjects::EventKind;
 use ferry_proto::v1::{DumpFile, DumpFileReady, JobRequested, SpoolLocation};
-use ferry_runtime::{Outgoing, Publisher};
+use ferry_runtime::{JobContext, Outgoing, msg_id};
 use ferry_storage::spool::Spool;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -143,10 +143,10 @@ impl Write for HashingFile {
 /// Hands one job's finished files to the spool the uploader reads ([`Spool::put_file`]:
 /// nothing to do for the directory spool, a copy into the bucket for the NATS spool)
 /// and publishes DumpFileReady for each (subject ferry.v1.events.file_ready.<source>,
-/// msg id `<job_id>/file/<name>`).
+/// msg id [`msg_id::file_ready`]), through the job's [`JobContext::emit`].
 #[derive(Clone)]
 pub struct Announcer {
-    publisher: Publisher,
+    ctx: JobContext,
     spool: Arc<dyn Spool>,
     job_id: String,
     source: String,
@@ -158,13 +158,13 @@ impl Announcer {
     /// Announces the files of `job`, which the dumper hands to `spool`; `location`
     /// is where events say they are.
     pub fn new(
-        publisher: Publisher,
+        ctx: JobContext,
         spool: Arc<dyn Spool>,
         job: &JobRequested,
         location: SpoolLocation,
     ) -> Self {
         Announcer {
-            publisher,
+            ctx,
             spool,
             job_id: job.job_id.clone(),
             source: job.source.clone(),
@@ -210,10 +210,10 @@ impl Announcer {
             EventKind::FileReady,
             &self.source,
             &event,
-            format!("{}/file/{}", self.job_id, file.name),
+            msg_id::file_ready(&self.job_id, &file.name),
         );
-        if let Err(e) = self.publisher.publish(&out).await {
-            tracing::warn!(file = %file.name, error = %e, "announcing a finished dump file failed; the uploader will find it in DumpCompleted");
+        if let Err(e) = self.ctx.emit(&out).await {
+            tracing::warn!(file = %file.name, error = %ferry_runtime::error_chain(&e), "announcing a finished dump file failed; the uploader will find it in DumpCompleted");
         }
     }
 }

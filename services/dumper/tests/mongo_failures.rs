@@ -8,19 +8,20 @@ use ferry_dumper::mongo::{MongoOptions, dump};
 use ferry_dumper::output::{Compression, JobOutput};
 use ferry_proto::reason;
 use ferry_runtime::config::{Config, SourceConfig};
-use ferry_testkit::{MongoServer, MongoStart, free_port, unique_name, wait_until};
+use ferry_testkit::{
+    MongoServer, MongoStart, Source, TestConfig, free_port, unique_name, wait_until,
+};
 use mongodb::bson::{Document, doc};
 use secrecy::SecretString;
 
 fn source(url: &str, databases: &[&str]) -> SourceConfig {
-    let dbs: Vec<String> = databases.iter().map(|d| format!("{d:?}")).collect();
-    Config::from_toml(&format!(
-        "[[sources]]\nname = \"cat\"\nengine = \"mongodb\"\nurl = \"{url}\"\ndatabases = [{}]\n",
-        dbs.join(", ")
-    ))
-    .expect("a valid source")
-    .sources
-    .remove(0)
+    let toml = TestConfig::new()
+        .source(Source::mongodb("cat", url, databases))
+        .to_toml();
+    Config::from_toml(&toml)
+        .expect("a valid source")
+        .sources
+        .remove(0)
 }
 
 fn output(dir: &tempfile::TempDir) -> JobOutput {

@@ -4,14 +4,17 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use ferry_proto::JobMessage;
-use ferry_proto::subjects;
+use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::Stage;
-use ferry_runtime::config::{NotifyConfig, NotifyOn, Severity};
-use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
+use std::sync::Arc;
+
+use crate::config::{NotifierConfig, NotifyChannels, NotifyConfig, NotifyOn, Severity};
+use ferry_runtime::{ConsumerSpec, Deliver, Handler, HandlerError, JobContext, Outgoing, Runtime};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
+use crate::errors::{self, NotifyError, StateError};
 use crate::event::Event;
 use crate::message::{self, Context, Notification};
 use crate::send::Delivery;
@@ -45,6 +48,8 @@ pub struct Channel {
     pub name: String,
     /// Its configuration.
     pub config: NotifyConfig,
+    /// `[notifier]`, shared by every channel.
+    pub(crate) notifier: Arc<NotifierConfig>,
     pub(crate) rt: Runtime,
     delivery: Delivery,
     http: reqwest::Client,
@@ -66,13 +71,15 @@ pub async fn open_all(rt: &Runtime) -> anyhow::Result<Vec<Channel>> {
         .map_err(|e| {
             anyhow::anyhow!("opening the {} bucket: {e}", subjects::NOTIFY_STATE_BUCKET)
         })?;
-    let timeout = rt.config.notifier.http_timeout;
+    let notifier = rt.config.section::<NotifierConfig>()?;
+    let channels = rt.config.section::<NotifyChannels>()?;
+    let timeout = notifier.http_timeout;
     let http = reqwest::Client::builder()
         .timeout(timeout)
         .user_agent(concat!("ferry-notifier/", env!("CARGO_PKG_VERSION")))
         .build()?;
     let metrics = DeliveryMetrics::default();
-    if !rt.config.notify.is_empty() {
+    if !channels.0.is_empty() {
         let family = metrics.0.clone();
         rt.metrics.register(|r| {
             r.register(
@@ -82,8 +89,8 @@ pub async fn open_all(rt: &Runtime) -> anyhow::Result<Vec<Channel>> {
             )
         });
     }
-    rt.config
-        .notify
+    channels
+        .0
         .iter()
         .enumerate()
         .map(|(index, config)| {
@@ -93,6 +100,7 @@ pub async fn open_all(rt: &Runtime) -> anyhow::Result<Vec<Channel>> {
                 streaks: Streaks::new(state.clone(), &name),
                 name,
                 config: config.clone(),
+                notifier: notifier.clone(),
                 rt: rt.clone(),
                 http: http.clone(),
                 sent: sent.clone(),
@@ -118,12 +126,32 @@ pub fn matches(pattern: &str, name: &str) -> bool {
 }
 
 impl Channel {
+    /// The kinds of event this channel's rules can use, so its consumer receives
+    /// only those (never the per-file `DumpFileReady`, for one). Empty for a channel
+    /// that only sends digests: it needs no consumer.
+    pub fn kinds(&self) -> Vec<EventKind> {
+        let on = &self.config.on;
+        let info = self.config.min_severity <= Severity::Info;
+        let mut kinds = Vec::new();
+        if on.contains(&NotifyOn::Failed) {
+            kinds.push(EventKind::Failed);
+        }
+        // A success closes an open failure alert, and may be told itself.
+        if on.contains(&NotifyOn::Failed) || (on.contains(&NotifyOn::Succeeded) && info) {
+            kinds.push(EventKind::Uploaded);
+        }
+        if on.contains(&NotifyOn::Retention) && info {
+            kinds.push(EventKind::Retention);
+        }
+        kinds
+    }
+
     fn wants_source(&self, source: &str) -> bool {
         self.config.sources.is_empty() || self.config.sources.iter().any(|p| matches(p, source))
     }
 
     /// Sends a notification unless this channel already sent it (redelivery).
-    pub async fn deliver_once(&self, key: &str, n: &Notification) -> Result<(), HandlerError> {
+    pub async fn deliver_once(&self, key: &str, n: &Notification) -> Result<(), NotifyError> {
         if matches!(self.sent.get(key).await, Ok(Some(_))) {
             return Ok(());
         }
@@ -135,7 +163,7 @@ impl Channel {
     }
 
     /// Sends a notification, counting the outcome.
-    pub async fn deliver(&self, n: &Notification) -> Result<(), HandlerError> {
+    pub async fn deliver(&self, n: &Notification) -> Result<(), NotifyError> {
         let result = self.delivery.send(&self.http, n).await;
         match &result {
             Ok(()) => {
@@ -144,23 +172,20 @@ impl Channel {
             }
             Err(e) => {
                 self.metrics.count(&self.name, "failed");
-                tracing::warn!(channel = %self.name, kind = n.kind.name(), error = %e, "notification not delivered");
+                tracing::warn!(channel = %self.name, kind = n.kind.name(), error = %ferry_runtime::error_chain(e), "notification not delivered");
             }
         }
-        result.map_err(|e| match e {
-            HandlerError::Retryable {
-                reason,
-                message,
-                retry_after,
-            } => HandlerError::Retryable {
-                reason,
-                message: format!("channel {}: {message}", self.name),
-                retry_after,
-            },
-            HandlerError::Permanent { reason, message } => {
-                HandlerError::permanent(reason, format!("channel {}: {message}", self.name))
-            }
+        result.map_err(|source| NotifyError::Delivery {
+            channel: self.name.clone(),
+            source,
         })
+    }
+
+    fn state_error(&self, source: StateError) -> NotifyError {
+        NotifyError::State {
+            channel: self.name.clone(),
+            source,
+        }
     }
 
     /// What this event means for this channel: the notifications to send, and the
@@ -169,7 +194,7 @@ impl Channel {
         &self,
         event: &Event,
         ctx: &Context<'_>,
-    ) -> anyhow::Result<(Vec<Notification>, StreakChange)> {
+    ) -> Result<(Vec<Notification>, StreakChange), StateError> {
         let on = &self.config.on;
         let mut out = Vec::new();
         let mut change = StreakChange::None;
@@ -238,9 +263,12 @@ impl Handler for Channel {
         ConsumerSpec {
             stream: subjects::EVENTS_STREAM,
             durable: format!("ferry-notifier-{}", self.name),
-            filter: subjects::EVENTS_ALL.into(),
-            ack_wait: self.rt.config.notifier.http_timeout * 2 + Duration::from_secs(30),
-            max_deliver: self.rt.config.notifier.max_attempts as i64,
+            filters: self.kinds().into_iter().map(EventKind::filter).collect(),
+            // A channel added to a running fleet starts with what happens next,
+            // not with days of history; an existing durable keeps its position.
+            deliver: Deliver::New,
+            ack_wait: self.notifier.http_timeout * 2 + Duration::from_secs(30),
+            max_deliver: self.notifier.max_attempts as i64,
         }
     }
 
@@ -249,6 +277,13 @@ impl Handler for Channel {
     }
 
     async fn handle(&self, event: Event, _ctx: JobContext) -> Result<Vec<Outgoing>, HandlerError> {
+        self.notify(event).await.map_err(|e| errors::classify(&e))
+    }
+}
+
+impl Channel {
+    /// What [`Handler::handle`] does, with the notifier's own error.
+    async fn notify(&self, event: Event) -> Result<Vec<Outgoing>, NotifyError> {
         if !self.wants_source(event.source()) {
             return Ok(Vec::new());
         }
@@ -257,18 +292,15 @@ impl Handler for Channel {
         if matches!(self.sent.get(&done_key).await, Ok(Some(_))) {
             return Ok(Vec::new());
         }
-        let state_error = |e: anyhow::Error| {
-            HandlerError::retryable(
-                ferry_proto::reason::INTERNAL,
-                format!("channel {}: notification state: {e}", self.name),
-            )
-        };
         let ctx = Context {
             sources: &self.rt.sources,
-            trace_url: self.rt.config.notifier.trace_url.as_deref(),
+            trace_url: self.notifier.trace_url.as_deref(),
             trace_id: ferry_telemetry::current_trace_id(),
         };
-        let (notifications, change) = self.plan(&event, &ctx).await.map_err(state_error)?;
+        let (notifications, change) = self
+            .plan(&event, &ctx)
+            .await
+            .map_err(|e| self.state_error(e))?;
         for n in &notifications {
             self.deliver_once(&format!("{identity}.{}", n.kind.name()), n)
                 .await?;
@@ -280,8 +312,12 @@ impl Handler for Channel {
                 .streaks
                 .put(source, &streak)
                 .await
-                .map_err(state_error)?,
-            StreakChange::Clear => self.streaks.clear(source).await.map_err(state_error)?,
+                .map_err(|e| self.state_error(e))?,
+            StreakChange::Clear => self
+                .streaks
+                .clear(source)
+                .await
+                .map_err(|e| self.state_error(e))?,
         }
         if let Err(e) = self.sent.put(&done_key, "done".into()).await {
             tracing::warn!(channel = %self.name, error = %e, "event handled but not recorded");

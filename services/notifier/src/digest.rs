@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::Severity;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use chrono::{DateTime, Utc};
 use ferry_proto::Message;
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupFailed, BackupUploaded, Stage};
-use ferry_runtime::config::Severity;
 use ferry_runtime::{HandlerError, Runtime};
 use ferry_storage::Catalog;
 use futures::StreamExt;
@@ -18,6 +18,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::Channel;
+use crate::errors;
 use crate::message::{Notification, NotificationKind};
 
 /// One source's period.
@@ -249,22 +250,24 @@ pub async fn send_digest(
     }
     let digest = build_digest(rt, start, end).await?;
     let notification = digest.notification();
-    let max = rt.config.notifier.max_attempts.max(1);
+    let max = channel.notifier.max_attempts.max(1);
     for attempt in 1..=max {
         match channel.deliver(&notification).await {
             Ok(()) => return Ok(true),
-            Err(HandlerError::Retryable {
-                retry_after,
-                message,
-                ..
-            }) if attempt < max => {
-                let delay = retry_after
-                    .unwrap_or(rt.config.retry.base * 2u32.pow(attempt.min(10) - 1))
-                    .min(rt.config.retry.max);
-                tracing::warn!(channel = %channel.name, error = %message, retry_in = ?delay, "digest not delivered; will retry");
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) => anyhow::bail!("digest to channel {}: {e}", channel.name),
+            Err(e) => match errors::classify(&e) {
+                HandlerError::Retryable {
+                    retry_after,
+                    message,
+                    ..
+                } if attempt < max => {
+                    let delay = retry_after
+                        .unwrap_or(rt.config.retry.base * 2u32.pow(attempt.min(10) - 1))
+                        .min(rt.config.retry.max);
+                    tracing::warn!(channel = %channel.name, error = %message, retry_in = ?delay, "digest not delivered; will retry");
+                    tokio::time::sleep(delay).await;
+                }
+                _ => return Err(anyhow::Error::new(e).context("digest not delivered")),
+            },
         }
     }
     Ok(false)

@@ -4,5 +4,5 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    ferry_runtime::process::main("ferry-notifier", ferry_notifier::run).await
+    ferry_runtime::process::main(ferry_notifier::SERVICE, ferry_notifier::run).await
 }

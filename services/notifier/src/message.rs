@@ -2,9 +2,9 @@
 //! one-line summary, labelled fields and a trace link; plus the documented JSON body
 //! of the generic webhook. Channels only lay this out.
 
+use crate::config::Severity;
 use ferry_proto::v1::{BackupFailed, BackupUploaded, Engine, RetentionApplied, Stage};
 use ferry_proto::{from_timestamp, reason};
-use ferry_runtime::config::Severity;
 use ferry_runtime::registry::Registry;
 use serde_json::{Value, json};
 

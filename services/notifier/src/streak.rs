@@ -1,6 +1,7 @@
 //! Failure streaks: per channel and source, how many failures since when, kept in
 //! JetStream KV so every notifier replica sees the same streak.
 
+use crate::errors::StateError;
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use ferry_proto::subjects;
@@ -39,25 +40,35 @@ impl Streaks {
     }
 
     /// The source's streak, if it is failing.
-    pub async fn get(&self, source: &str) -> anyhow::Result<Option<Streak>> {
-        match self.kv.get(self.key(source)).await? {
-            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
-            None => Ok(None),
+    pub async fn get(&self, source: &str) -> Result<Option<Streak>, StateError> {
+        let key = self.key(source);
+        match self.kv.get(key.clone()).await {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StateError::Decode { key, source }),
+            Ok(None) => Ok(None),
+            Err(source) => Err(StateError::Read { key, source }),
         }
     }
 
     /// Records the source's streak.
-    pub async fn put(&self, source: &str, streak: &Streak) -> anyhow::Result<()> {
+    pub async fn put(&self, source: &str, streak: &Streak) -> Result<(), StateError> {
+        let key = self.key(source);
+        let value = serde_json::to_vec(streak).expect("a streak serialises");
         self.kv
-            .put(self.key(source), serde_json::to_vec(streak)?.into())
-            .await?;
+            .put(&key, value.into())
+            .await
+            .map_err(|source| StateError::Write { key, source })?;
         Ok(())
     }
 
     /// Ends the source's streak (it recovered).
-    pub async fn clear(&self, source: &str) -> anyhow::Result<()> {
-        self.kv.purge(self.key(source)).await?;
-        Ok(())
+    pub async fn clear(&self, source: &str) -> Result<(), StateError> {
+        let key = self.key(source);
+        self.kv
+            .purge(&key)
+            .await
+            .map_err(|source| StateError::Purge { key, source })
     }
 }
 

@@ -6,13 +6,18 @@ use std::time::Duration;
 use ferry_proto::subjects::EventKind;
 use ferry_proto::v1::{BackupFailed, BackupUploaded, Engine, Stage};
 use ferry_runtime::{Config, Outgoing, Runtime};
-use ferry_testkit::{HttpReceiver, NatsServer, ReceivedRequest, Reply, SmtpSink, wait_until};
+use ferry_testkit::{
+    HttpReceiver, NatsServer, ReceivedRequest, Reply, SmtpSink, Source, TestConfig, wait_until,
+};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+#[path = "channels/consumers.rs"]
+mod consumers;
+
 struct Env {
-    _nats: NatsServer,
+    _nats: Option<NatsServer>,
     rt: Runtime,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
@@ -26,41 +31,60 @@ impl Drop for Env {
 
 async fn start(channels: &str) -> Env {
     let nats = NatsServer::start().await;
+    let mut env = start_on(&nats, channels).await;
+    env._nats = Some(nats);
+    env
+}
+
+/// The notifier with `channels` on an existing nats-server, once every channel's
+/// consumer exists: a channel starts with the events published after that.
+async fn start_on(nats: &NatsServer, channels: &str) -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        r#"
-[nats]
-url = "{}"
-[http]
-listen = ""
-[storage]
-path = "{}"
-[retry]
-base = "100ms"
-max = "3s"
-[notifier]
-http_timeout = "60s"
-max_attempts = 5
-trace_url = "https://traces.example.com/trace/{{trace_id}}"
-
-[[sources]]
-name = "orders"
-engine = "postgres"
-url = "postgres://backup@db1.internal/orders"
-
-{channels}
-"#,
-        nats.url(),
-        dir.path().join("store").display()
-    );
+    let base = TestConfig::new()
+        .nats(nats.url())
+        .set(
+            "storage",
+            "path",
+            dir.path().join("store").display().to_string(),
+        )
+        .retry("100ms", "3s")
+        .set("notifier", "http_timeout", "60s")
+        .set("notifier", "max_attempts", 5)
+        .set(
+            "notifier",
+            "trace_url",
+            "https://traces.example.com/trace/{trace_id}",
+        )
+        .source(Source::postgres(
+            "orders",
+            "postgres://backup@db1.internal/orders",
+        ))
+        .to_toml();
+    // The channels stay TOML text: their keys are what these tests are about.
+    let toml = format!("{base}\n{channels}\n");
     let config = Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
     let rt = Runtime::with_client(config, nats.client().await)
         .await
         .unwrap();
     let shutdown = CancellationToken::new();
     tokio::spawn(ferry_notifier::run(rt.clone(), shutdown.clone()));
+    let stream = rt
+        .jetstream
+        .get_stream(ferry_proto::subjects::EVENTS_STREAM)
+        .await
+        .unwrap();
+    for channel in ferry_notifier::open_all(&rt).await.unwrap() {
+        if channel.kinds().is_empty() {
+            continue;
+        }
+        let durable = ferry_runtime::Handler::consumer(&channel).durable;
+        wait_until(&format!("consumer {durable}"), WAIT, || async {
+            stream.consumer_info(&durable).await.ok()
+        })
+        .await;
+    }
     Env {
-        _nats: nats,
+        _nats: None,
         rt,
         shutdown,
         _dir: dir,
@@ -525,9 +549,12 @@ fn invalid_channels_are_refused_naming_the_key() {
         ("kind = \"pigeon\"\nurl = \"https://x.example\"", "pigeon"),
     ];
     for (channel, key) in cases {
-        let err = Config::from_toml(&format!("[[notify]]\n{channel}\n"))
-            .expect_err(channel)
-            .to_string();
+        let err = Config::from_toml_with(
+            &format!("[[notify]]\n{channel}\n"),
+            ferry_notifier::SERVICE.sections,
+        )
+        .expect_err(channel)
+        .to_string();
         assert!(err.contains(key), "{key} not named for {channel:?}:\n{err}");
     }
 }

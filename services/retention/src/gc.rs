@@ -7,15 +7,16 @@
 //!    which manifests were read.
 //! 2. Stream the object listing page by page; an object is a candidate when it is
 //!    older than the grace period (an upload in flight has objects but no manifest
-//!    yet, and its objects are young) and not referenced. Candidates are held (as
-//!    digests) until the listing ends or `max_candidates` are held.
+//!    yet, and its objects are young) and not referenced. Candidates are handed
+//!    (as digests) to the deletion `max_candidates` at a time, and the listing goes
+//!    on while the deletion works: steps 3 and 4 overlap the listing.
 //! 3. Then list the manifests again and read the ones not read yet: a backup
 //!    committed since step 1, reusing an old object, protects it. Every manifest
 //!    committed before this check protects its objects, as in a collection that
 //!    reads the manifests after listing every object.
 //! 4. Re-check each remaining candidate just before deleting it: an uploader that
 //!    stored the same content again since the listing made it young, and it stays.
-//!    Delete in batches; then go on with the listing (back to step 2).
+//!    Delete in batches.
 //!
 //! A crash at any point leaves only unreferenced objects, which the next run
 //! collects. An unreadable manifest stops the collection: without knowing what it
@@ -23,12 +24,14 @@
 //!
 //! Memory: the referenced set is held as 64-bit fingerprints of object keys (8
 //! bytes per referenced object), the manifests read as fingerprints of their keys,
-//! one page of the listing, and at most `max_candidates` candidates (about 40
-//! bytes each); nothing grows with the number of objects in the bucket. Two keys sharing a fingerprint can
+//! one page of the listing, and at most three hand-overs of `max_candidates`
+//! candidates (about 40 bytes each); nothing grows with the number of objects in
+//! the bucket. Two keys sharing a fingerprint can
 //! only keep garbage (an unreferenced object taken for referenced), never delete a
 //! referenced object; with a million objects the chance of even one is about 10⁻⁷.
 
 use std::collections::HashSet;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
@@ -36,6 +39,7 @@ use sha2::{Digest, Sha256};
 
 use ferry_storage::layout::OBJECTS_PREFIX;
 use ferry_storage::{Catalog, CatalogError, ObjectStore, StorageError};
+use tokio::sync::mpsc;
 
 /// Manifests read at once, and candidates re-checked at once.
 const READ_CONCURRENCY: usize = 32;
@@ -74,6 +78,8 @@ pub struct GcOutcome {
 }
 
 /// The set of objects the manifests reference, and which manifests were read.
+/// Shared by the listing (which only looks) and the deletion (which adds what new
+/// manifests reference); the lock is never held across an await.
 #[derive(Default)]
 struct References {
     objects: HashSet<u64>,
@@ -94,48 +100,55 @@ impl From<StorageError> for Stop {
     }
 }
 
-impl References {
-    /// Reads every manifest not read yet, adding what it references; returns how
-    /// many were read.
-    async fn read_new(&mut self, catalog: Catalog<'_>) -> Result<u64, Stop> {
-        let mut read = 0;
-        let mut pages = std::pin::pin!(catalog.manifest_keys());
-        while let Some(page) = pages.try_next().await? {
-            let new: Vec<String> = page
-                .into_iter()
-                .filter(|k| !self.manifests.contains(&fingerprint(k)))
-                .collect();
-            // Owned values in the stream: borrowed ones make the future not `Send`
-            // for every lifetime, which a spawned worker needs.
-            let mut manifests = futures::stream::iter(new)
-                .map(|key| async move {
-                    let manifest = catalog.read_key(&key).await;
-                    (key, manifest)
-                })
-                .buffer_unordered(READ_CONCURRENCY);
-            while let Some((key, manifest)) = manifests.next().await {
-                match manifest {
-                    Ok(Some(m)) => {
-                        self.objects
-                            .extend(m.files.iter().map(|f| fingerprint(&f.object)));
-                        self.manifests.insert(fingerprint(&key));
-                        read += 1;
-                    }
-                    // Deleted by a retention run since the listing: it references
-                    // nothing.
-                    Ok(None) => {}
-                    Err(CatalogError::Storage(e)) => return Err(Stop::Storage(e)),
-                    Err(e) => {
-                        tracing::warn!(manifest = %key, error = %e, "garbage collection skipped");
-                        return Err(Stop::Unreadable(format!(
-                            "{e}; fix or remove it so garbage collection can run"
-                        )));
-                    }
+fn lock(refs: &Mutex<References>) -> MutexGuard<'_, References> {
+    // Only inserted into: a panic elsewhere cannot leave the sets half-changed in a
+    // way that matters (a missing entry keeps garbage, it never deletes).
+    refs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Reads every manifest not read yet, adding what it references; returns how many
+/// were read.
+async fn read_new(refs: &Mutex<References>, catalog: Catalog<'_>) -> Result<u64, Stop> {
+    let mut read = 0;
+    let mut pages = std::pin::pin!(catalog.manifest_keys());
+    while let Some(page) = pages.try_next().await? {
+        let new: Vec<String> = {
+            let refs = lock(refs);
+            page.into_iter()
+                .filter(|k| !refs.manifests.contains(&fingerprint(k)))
+                .collect()
+        };
+        // Owned values in the stream: borrowed ones make the future not `Send`
+        // for every lifetime, which a spawned worker needs.
+        let mut manifests = futures::stream::iter(new)
+            .map(|key| async move {
+                let manifest = catalog.read_key(&key).await;
+                (key, manifest)
+            })
+            .buffer_unordered(READ_CONCURRENCY);
+        while let Some((key, manifest)) = manifests.next().await {
+            match manifest {
+                Ok(Some(m)) => {
+                    let mut refs = lock(refs);
+                    refs.objects
+                        .extend(m.files.iter().map(|f| fingerprint(&f.object)));
+                    refs.manifests.insert(fingerprint(&key));
+                    read += 1;
+                }
+                // Deleted by a retention run since the listing: it references
+                // nothing.
+                Ok(None) => {}
+                Err(CatalogError::Storage(e)) => return Err(Stop::Storage(e)),
+                Err(e) => {
+                    tracing::warn!(manifest = %key, error = %e, "garbage collection skipped");
+                    return Err(Stop::Unreadable(format!(
+                        "{e}; fix or remove it so garbage collection can run"
+                    )));
                 }
             }
         }
-        Ok(read)
     }
+    Ok(read)
 }
 
 /// Collects the objects no manifest references.
@@ -152,8 +165,8 @@ pub async fn collect_garbage(
     let batch_size = options.batch.max(1);
 
     // 1. Every manifest of every source: objects are shared across sources.
-    let mut refs = References::default();
-    match refs.read_new(catalog).await {
+    let refs = Mutex::new(References::default());
+    match read_new(&refs, catalog).await {
         Ok(n) => outcome.manifests_read += n,
         Err(Stop::Storage(e)) => return Err(e),
         Err(Stop::Unreadable(why)) => {
@@ -162,47 +175,82 @@ pub async fn collect_garbage(
         }
     }
 
-    // 2-4. Old, unreferenced objects, held up to the bound, then checked against
-    // manifests committed since and deleted.
+    // 2. The listing, in its own future: old, unreferenced objects, handed over
+    // `max_candidates` at a time. It goes on listing while the deletion below
+    // works on the previous hand-over, so a collection takes about as long as
+    // its listing; at most three hand-overs are held (one being deleted, one
+    // waiting, one filling).
     let hold = options.max_candidates.max(1);
-    let mut candidates: Vec<(ObjectKey, u64)> = Vec::new();
-    let mut pages = catalog.objects();
-    loop {
-        let page = pages.try_next().await?;
-        let end = page.is_none();
-        for meta in page.into_iter().flatten() {
-            outcome.objects_seen += 1;
-            if meta.modified < cutoff && !refs.objects.contains(&fingerprint(&meta.key)) {
-                candidates.push((ObjectKey::of(&meta.key), meta.size));
-            }
-        }
-        while candidates.len() >= hold || (end && !candidates.is_empty()) {
-            let take = candidates.len().min(hold);
-            let held: Vec<(ObjectKey, u64)> = candidates.drain(..take).collect();
-            // 3. Manifests committed since the last check protect what they reference.
-            match refs.read_new(catalog).await {
-                Ok(n) => outcome.manifests_read += n,
-                Err(Stop::Storage(e)) => return Err(e),
-                Err(Stop::Unreadable(why)) => {
-                    outcome.skipped = Some(why);
-                    return Ok(outcome);
+    let (handover, mut held) = mpsc::channel::<Vec<(ObjectKey, u64)>>(1);
+    let listing = async {
+        let mut seen = 0u64;
+        let mut candidates: Vec<(ObjectKey, u64)> = Vec::new();
+        let mut pages = catalog.objects();
+        while let Some(page) = pages.try_next().await? {
+            {
+                let refs = lock(&refs);
+                for meta in page {
+                    seen += 1;
+                    if meta.modified < cutoff && !refs.objects.contains(&fingerprint(&meta.key)) {
+                        candidates.push((ObjectKey::of(&meta.key), meta.size));
+                    }
                 }
             }
-            let mut garbage = held
-                .into_iter()
-                .filter(|(k, _)| !refs.objects.contains(&k.fingerprint()))
-                .peekable();
-            while garbage.peek().is_some() {
-                let batch: Vec<(ObjectKey, u64)> = garbage.by_ref().take(batch_size).collect();
-                let (deleted, freed) = delete_batch(store, batch, cutoff).await?;
-                outcome.objects_deleted += deleted;
-                outcome.bytes_freed += freed;
+            // `max_candidates` per hand-over, also when one page brings more: the
+            // manifests are checked again before each.
+            while candidates.len() >= hold {
+                let full: Vec<(ObjectKey, u64)> = candidates.drain(..hold).collect();
+                if handover.send(full).await.is_err() {
+                    // The deletion stopped (an unreadable manifest): so does the
+                    // listing.
+                    return Ok(seen);
+                }
             }
         }
-        if end {
-            break;
+        if !candidates.is_empty() {
+            let _ = handover.send(candidates).await;
         }
-    }
+        drop(handover);
+        Ok::<u64, StorageError>(seen)
+    };
+
+    // 3-4. Each hand-over: manifests committed since the last check protect what
+    // they reference; the rest is re-checked and deleted in batches.
+    let deletion = async {
+        let (mut read, mut deleted, mut freed) = (0u64, 0u64, 0u64);
+        while let Some(candidates) = held.recv().await {
+            match read_new(&refs, catalog).await {
+                Ok(n) => read += n,
+                Err(Stop::Storage(e)) => return Err(e),
+                Err(Stop::Unreadable(why)) => {
+                    // Nothing more may be deleted: the listing's next hand-over
+                    // fails, and it stops.
+                    held.close();
+                    return Ok((read, deleted, freed, Some(why)));
+                }
+            }
+            let garbage: Vec<(ObjectKey, u64)> = {
+                let refs = lock(&refs);
+                candidates
+                    .into_iter()
+                    .filter(|(k, _)| !refs.objects.contains(&k.fingerprint()))
+                    .collect()
+            };
+            for batch in garbage.chunks(batch_size) {
+                let (n, bytes) = delete_batch(store, batch.to_vec(), cutoff).await?;
+                deleted += n;
+                freed += bytes;
+            }
+        }
+        Ok((read, deleted, freed, None))
+    };
+
+    let (seen, (read, deleted, freed, skipped)) = tokio::try_join!(listing, deletion)?;
+    outcome.objects_seen = seen;
+    outcome.manifests_read += read;
+    outcome.objects_deleted = deleted;
+    outcome.bytes_freed = freed;
+    outcome.skipped = skipped;
     Ok(outcome)
 }
 

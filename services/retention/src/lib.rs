@@ -12,6 +12,7 @@
 //! - **Reports** `RetentionApplied` with the kept and deleted backups (each with
 //!   its rule), the objects deleted and the bytes freed.
 
+pub mod config;
 pub mod gc;
 pub mod plan;
 
@@ -23,14 +24,24 @@ use chrono::{DateTime, Utc};
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupUploaded, ExpiredBackup, KeptBackup, RetentionApplied, Stage};
 use ferry_proto::{Message, reason};
-use ferry_runtime::config::SourceConfig;
+use ferry_runtime::config::{SectionSpec, SourceConfig};
 use ferry_runtime::lease::{self, Holder, Lease};
-use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
+use ferry_runtime::process::{ReadinessNeeds, ServiceSpec};
+use ferry_runtime::{ConsumerSpec, Deliver, Handler, HandlerError, JobContext, Outgoing, Runtime};
 use ferry_storage::{Catalog, ObjectStore, StorageError};
 use tokio_util::sync::CancellationToken;
 
+use config::RetentionConfig;
 pub use gc::{GcOptions, GcOutcome};
 pub use plan::{BackupInfo, Decision, Plan, backups_of, plan};
+
+/// What the retention worker declares to the process that runs it: its
+/// `[retention]` section; its readiness needs the store, which it reads and prunes.
+pub const SERVICE: ServiceSpec = ServiceSpec {
+    name: "ferry-retention",
+    sections: &[SectionSpec::of::<RetentionConfig>()],
+    readiness: ReadinessNeeds { store: true },
+};
 
 /// The lease key that serialises garbage collection across replicas.
 pub const GC_LEASE: &str = "retention-gc";
@@ -43,6 +54,8 @@ pub fn source_lease(source: &str) -> String {
 /// The retention worker.
 pub struct Retention {
     rt: Runtime,
+    /// `[retention]`.
+    config: Arc<RetentionConfig>,
     store: Arc<dyn ObjectStore>,
     locks: kv::Store,
     node: String,
@@ -72,25 +85,36 @@ pub enum RetentionError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     /// NATS (the lease bucket) failed.
-    #[error("retention lease: {0}")]
-    Lease(String),
+    #[error("retention lease")]
+    Lease(#[source] anyhow::Error),
+    /// The uploaded backup's source is not in this worker's configuration.
+    #[error(
+        "source {0:?} is not configured on this retention worker; its backups are left untouched"
+    )]
+    UnknownSource(String),
+}
+
+/// The runner's view of a retention error: the only place retention chooses a
+/// reason code and whether to retry. The message keeps every cause.
+pub fn classify(e: &RetentionError) -> HandlerError {
+    let message = ferry_runtime::error_chain(e);
+    match e {
+        RetentionError::Busy { .. } => HandlerError::retryable(reason::ALREADY_RUNNING, message)
+            .retry_after(Duration::from_secs(5)),
+        RetentionError::Storage(s) if !s.is_retryable() => {
+            HandlerError::permanent(reason::STORAGE_ERROR, message)
+        }
+        RetentionError::Storage(_) => HandlerError::retryable(reason::STORAGE_ERROR, message),
+        RetentionError::Lease(_) => HandlerError::retryable(reason::INTERNAL, message),
+        RetentionError::UnknownSource(_) => {
+            HandlerError::permanent(reason::UNKNOWN_SOURCE, message)
+        }
+    }
 }
 
 impl From<RetentionError> for HandlerError {
     fn from(e: RetentionError) -> Self {
-        match &e {
-            RetentionError::Busy { .. } => {
-                HandlerError::retryable(reason::ALREADY_RUNNING, e.to_string())
-                    .retry_after(Duration::from_secs(5))
-            }
-            RetentionError::Storage(s) if !s.is_retryable() => {
-                HandlerError::permanent(reason::STORAGE_ERROR, e.to_string())
-            }
-            RetentionError::Storage(_) => {
-                HandlerError::retryable(reason::STORAGE_ERROR, e.to_string())
-            }
-            RetentionError::Lease(_) => HandlerError::retryable(reason::INTERNAL, e.to_string()),
-        }
+        classify(&e)
     }
 }
 
@@ -103,8 +127,10 @@ impl Retention {
             .await
             .map_err(|e| anyhow::anyhow!("opening the {} bucket: {e}", subjects::LOCKS_BUCKET))?;
         let node = ferry_runtime::host_name();
+        let config = rt.config.section::<RetentionConfig>()?;
         Ok(Retention {
             rt,
+            config,
             store,
             locks,
             node,
@@ -122,7 +148,7 @@ impl Retention {
             node: self.node.clone(),
             since: Utc::now(),
         };
-        let ttl = self.rt.config.dumper.lease_ttl;
+        let ttl = self.rt.config.leases.ttl;
         match lease::try_acquire(&self.locks, key, &holder, ttl).await {
             Ok(Ok(lease)) => Ok(lease),
             Ok(Err(other)) => Err(RetentionError::Busy {
@@ -131,7 +157,7 @@ impl Retention {
                     .map(|h| format!("job {} on {} since {}", h.job_id, h.node, h.since))
                     .unwrap_or_else(|| "another run".into()),
             }),
-            Err(e) => Err(RetentionError::Lease(e.to_string())),
+            Err(e) => Err(RetentionError::Lease(e)),
         }
     }
 
@@ -182,7 +208,7 @@ impl Retention {
     ) -> Result<Plan, RetentionError> {
         let tz =
             ferry_runtime::schedule::parse_timezone(&source.timezone).unwrap_or(chrono_tz::Tz::UTC);
-        let policy = self.rt.config.retention.policy_for(source);
+        let policy = self.config.policy_for(source);
         let catalog = Catalog::new(self.store.as_ref());
         let backups = backups_of(&catalog, &source.name).await?;
         let plan = plan(&backups, policy, tz, now);
@@ -211,9 +237,9 @@ impl Retention {
             Err(e) => return Err(e),
         };
         let options = GcOptions {
-            grace: self.rt.config.retention.gc_grace,
+            grace: self.config.gc_grace,
             now,
-            batch: self.rt.config.retention.delete_batch,
+            batch: self.config.delete_batch,
             max_candidates: gc::MAX_CANDIDATES,
         };
         let result = tokio::select! {
@@ -305,7 +331,7 @@ fn outgoing(event: &RetentionApplied) -> Outgoing {
         EventKind::Retention,
         &event.source,
         event,
-        format!("{}/retention/{}", event.job_id, event.source),
+        ferry_runtime::msg_id::retention(&event.job_id, &event.source),
     )
 }
 
@@ -314,32 +340,43 @@ fn outgoing(event: &RetentionApplied) -> Outgoing {
 pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = ferry_runtime::store::open(&rt.config.storage)?;
     let retention = Arc::new(Retention::new(rt.clone(), store).await?);
-    let sweeper = tokio::spawn(sweep_loop(retention.clone(), shutdown.clone()));
+    // One group: a sweep that panics stops the worker (and the process) rather
+    // than leave it triggered by uploads only.
+    let mut tasks = ferry_runtime::Tasks::new(&shutdown);
+    tasks.spawn(
+        "retention sweep",
+        sweep_loop(retention.clone(), tasks.shutdown()),
+    );
     // Runs of different sources may go side by side; the leases keep each source
     // (and garbage collection) to one run at a time.
-    let result = rt.run_handler(retention, 4, shutdown).await;
-    sweeper.abort();
-    result?;
-    Ok(())
+    let group = tasks.shutdown();
+    tasks.spawn("retention", async move {
+        Ok(rt.run_handler(retention, 4, group).await?)
+    });
+    Ok(tasks.join().await?)
 }
 
-async fn sweep_loop(retention: Arc<Retention>, shutdown: CancellationToken) {
-    let every = retention.rt.config.retention.sweep_interval;
+async fn sweep_loop(retention: Arc<Retention>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let every = retention.config.sweep_interval;
     if every.is_zero() {
-        return;
+        shutdown.cancelled().await;
+        return Ok(());
     }
+    // The sweep is a job no message started: its events go out through a context
+    // of its own, with the same trace context and message ids as a handler's.
+    let ctx = JobContext::detached(retention.rt.publisher.clone(), shutdown.clone());
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // The first tick is immediate: a worker that starts catches up at once.
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
             _ = ticks.tick() => {}
         }
         let events = retention.sweep(Utc::now()).await;
         for event in &events {
-            if let Err(e) = retention.rt.publisher.publish(&outgoing(event)).await {
-                tracing::warn!(source = %event.source, error = %e, "could not publish RetentionApplied");
+            if let Err(e) = ctx.emit(&outgoing(event)).await {
+                tracing::warn!(source = %event.source, error = %ferry_runtime::error_chain(&e), "could not publish RetentionApplied");
             }
         }
     }
@@ -353,7 +390,8 @@ impl Handler for Retention {
         ConsumerSpec {
             stream: subjects::EVENTS_STREAM,
             durable: "ferry-retention".into(),
-            filter: EventKind::Uploaded.filter(),
+            filters: vec![EventKind::Uploaded.filter()],
+            deliver: Deliver::All,
             ack_wait: Duration::from_secs(120),
             max_deliver: 20,
         }
@@ -372,12 +410,11 @@ impl Handler for Retention {
         uploaded: BackupUploaded,
         _ctx: JobContext,
     ) -> Result<Vec<Outgoing>, HandlerError> {
-        let source = self.rt.sources.get(&uploaded.source).ok_or_else(|| {
-            HandlerError::permanent(
-                reason::UNKNOWN_SOURCE,
-                format!("source {:?} is not configured on this retention worker; its backups are left untouched", uploaded.source),
-            )
-        })?;
+        let source = self
+            .rt
+            .sources
+            .get(&uploaded.source)
+            .ok_or_else(|| classify(&RetentionError::UnknownSource(uploaded.source.clone())))?;
         let run = self
             .run_source(&source, &uploaded.job_id, Utc::now(), false)
             .await?;

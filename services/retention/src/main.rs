@@ -4,5 +4,5 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    ferry_runtime::process::main("ferry-retention", ferry_retention::run).await
+    ferry_runtime::process::main(ferry_retention::SERVICE, ferry_retention::run).await
 }

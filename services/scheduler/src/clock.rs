@@ -3,7 +3,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
@@ -39,10 +40,17 @@ impl Clock for SystemClock {
     }
 }
 
+/// Pending sleeps of a [`ManualClock`]: each sleep's id and the instant it waits for.
+type Sleepers = Arc<Mutex<Vec<(u64, DateTime<Utc>)>>>;
+
 /// A clock that moves only when a test says so.
 pub struct ManualClock {
     now: Mutex<DateTime<Utc>>,
     moved: watch::Sender<DateTime<Utc>>,
+    /// The instants pending `sleep_until`s wait for, by sleep: lets a test wait
+    /// until the scheduler has handled everything due instead of sleeping.
+    sleepers: Sleepers,
+    next_sleeper: AtomicU64,
 }
 
 impl ManualClock {
@@ -51,7 +59,18 @@ impl ManualClock {
         ManualClock {
             now: Mutex::new(start),
             moved: watch::channel(start).0,
+            sleepers: Arc::default(),
+            next_sleeper: AtomicU64::new(0),
         }
+    }
+
+    /// Whether whoever uses the clock has handled everything due by now: someone
+    /// sleeps, and every sleep waits for a later instant. After [`set`](Self::set),
+    /// the scheduler has fired (and published) every job due once this is true.
+    pub fn caught_up(&self) -> bool {
+        let now = self.now();
+        let sleepers = self.sleepers.lock().expect("clock lock");
+        !sleepers.is_empty() && sleepers.iter().all(|(_, t)| *t > now)
     }
 
     /// Moves the clock to `t`.
@@ -68,12 +87,34 @@ impl Clock for ManualClock {
 
     fn sleep_until(&self, t: DateTime<Utc>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         let mut moved = self.moved.subscribe();
+        let id = self.next_sleeper.fetch_add(1, Ordering::Relaxed);
+        self.sleepers.lock().expect("clock lock").push((id, t));
+        // Unregisters when the sleep ends or is dropped (a `select!` took another arm).
+        let registered = Sleeper {
+            id,
+            sleepers: self.sleepers.clone(),
+        };
         Box::pin(async move {
+            let _registered = registered;
             while *moved.borrow_and_update() < t {
                 if moved.changed().await.is_err() {
                     std::future::pending::<()>().await;
                 }
             }
         })
+    }
+}
+
+/// A pending `ManualClock::sleep_until`, removed from the clock's list on drop.
+struct Sleeper {
+    id: u64,
+    sleepers: Sleepers,
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        if let Ok(mut sleepers) = self.sleepers.lock() {
+            sleepers.retain(|(id, _)| *id != self.id);
+        }
     }
 }

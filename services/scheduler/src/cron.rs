@@ -6,12 +6,13 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
+use crate::config::{MisfirePolicy, SchedulerConfig};
 use chrono::{DateTime, Utc};
 use ferry_proto::Message;
 use ferry_proto::subjects::EventKind;
 use ferry_proto::v1::{JobRequested, Trigger};
 use ferry_runtime::Runtime;
-use ferry_runtime::config::{MisfirePolicy, SourceConfig};
+use ferry_runtime::config::SourceConfig;
 use ferry_runtime::schedule::{parse_cron, parse_timezone};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -66,12 +67,13 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let config = rt.config.section::<SchedulerConfig>()?;
     let mut changes = rt.sources.changes();
     // Everything due up to `fired_until` has been handled. A re-plan (the registry
     // changed) starts from there, not from "now", so an instant that fell due while
     // the registry was changing is still fired.
     let mut fired_until = clock.now();
-    catch_up(&rt, fired_until).await;
+    catch_up(&rt, &config, fired_until).await;
     loop {
         let (schedules, mut due) = plan(&rt, fired_until);
         tracing::info!(scheduled = schedules.len(), "cron schedules loaded");
@@ -107,7 +109,7 @@ pub async fn run(
                 while let Some(next) = schedule.next_after(latest).filter(|n| *n <= now) {
                     latest = next;
                 }
-                if latest == at || rt.config.scheduler.misfire == MisfirePolicy::RunOnce {
+                if latest == at || config.misfire == MisfirePolicy::RunOnce {
                     firing.push((source, latest));
                 }
                 if let Some(next) = schedule.next_after(latest) {
@@ -149,8 +151,7 @@ fn plan(rt: &Runtime, now: DateTime<Utc>) -> (Vec<(SourceConfig, Schedule)>, Due
 /// After downtime: with `run_once`, each source whose latest instant within the
 /// misfire window has no job yet gets one job for it (never one per missed
 /// instant). The instant's message id keeps replicas from doubling it.
-async fn catch_up(rt: &Runtime, now: DateTime<Utc>) {
-    let config = &rt.config.scheduler;
+async fn catch_up(rt: &Runtime, config: &SchedulerConfig, now: DateTime<Utc>) {
     if config.misfire == MisfirePolicy::Skip {
         return;
     }
@@ -190,7 +191,7 @@ async fn fire(rt: &Runtime, source: &SourceConfig, at: DateTime<Utc>) {
     // Every replica derives the same job id and message id from (source, instant):
     // the stream's duplicate window keeps exactly one job per instant.
     let instant = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let msg_id = format!("{}/{instant}", source.name);
+    let msg_id = ferry_runtime::msg_id::scheduled(&source.name, &instant);
     let job_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, msg_id.as_bytes()).to_string();
     let request = JobRequest {
         job_id: job_id.clone(),
@@ -218,7 +219,7 @@ async fn fire(rt: &Runtime, source: &SourceConfig, at: DateTime<Utc>) {
                 rt.metrics.record_request("schedule", "published");
             }
             Err(e) => {
-                tracing::error!(error = %e, "failed to publish scheduled job");
+                tracing::error!(error = %ferry_runtime::error_chain(&e), "failed to publish scheduled job");
                 rt.metrics.record_request("schedule", "failed");
             }
         }

@@ -81,7 +81,7 @@ pub async fn publish(
             EventKind::Requested,
             &job.source,
             job,
-            format!("{msg_id}/requested"),
+            ferry_runtime::msg_id::requested(msg_id),
         ))
         .await
 }

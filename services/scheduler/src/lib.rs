@@ -3,16 +3,28 @@
 //! protobuf jobs. It opens each job's root span, so one job is one trace.
 
 pub mod clock;
+pub mod config;
 pub mod cron;
+pub mod errors;
 mod jobs;
 mod manual;
 
 use tokio_util::sync::CancellationToken;
 
-use ferry_runtime::Runtime;
+use ferry_runtime::config::SectionSpec;
+use ferry_runtime::process::{ReadinessNeeds, ServiceSpec};
+use ferry_runtime::{Runtime, Tasks};
 
 pub use jobs::{JobRequest, backup_id_for};
 pub use manual::{ManualReply, ManualRequest, RequestPriority};
+
+/// What the scheduler declares to the process that runs it: its `[scheduler]`
+/// section; its readiness needs NATS only.
+pub const SERVICE: ServiceSpec = ServiceSpec {
+    name: "ferry-scheduler",
+    sections: &[SectionSpec::of::<config::SchedulerConfig>()],
+    readiness: ReadinessNeeds { store: false },
+};
 
 /// Runs the cron loop and the manual request listener until `shutdown`.
 pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -26,10 +38,17 @@ pub async fn run_with_clock(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let subscription = manual::subscribe(&rt).await?;
-    let manual = tokio::spawn(manual::serve(rt.clone(), subscription, shutdown.clone()));
-    let cron = tokio::spawn(cron::run(rt.clone(), clock, shutdown.clone()));
-    let (manual, cron) = tokio::join!(manual, cron);
-    manual??;
-    cron??;
-    Ok(())
+    // One group: if either task panics or fails, the other stops too and the error
+    // ends the process, rather than a scheduler that fires cron jobs but has
+    // silently stopped taking manual ones.
+    let mut tasks = Tasks::new(&shutdown);
+    tasks.spawn(
+        "scheduler manual requests",
+        manual::serve(rt.clone(), subscription, tasks.shutdown()),
+    );
+    tasks.spawn(
+        "scheduler cron",
+        cron::run(rt.clone(), clock, tasks.shutdown()),
+    );
+    Ok(tasks.join().await?)
 }

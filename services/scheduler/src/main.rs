@@ -4,5 +4,5 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    ferry_runtime::process::main("ferry-scheduler", ferry_scheduler::run).await
+    ferry_runtime::process::main(ferry_scheduler::SERVICE, ferry_scheduler::run).await
 }

@@ -3,16 +3,17 @@
 //! publisher asked for one; nothing else is affected.
 
 use async_nats::Subscriber;
-use ferry_proto::reason;
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupFailed, Priority, Stage, Trigger};
-use ferry_runtime::{Outgoing, Runtime};
+use ferry_runtime::config::SourceConfig;
+use ferry_runtime::{Outgoing, Runtime, msg_id};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::errors::{self, RequestError};
 use crate::jobs::{self, JobRequest};
 
 /// The JSON body of a manual job request.
@@ -67,8 +68,7 @@ struct Rejection {
     /// The caller's job id when the request named a valid one.
     job_id: Option<String>,
     source: String,
-    reason: &'static str,
-    message: String,
+    error: RequestError,
 }
 
 /// Subscribes before anything else starts, so no request is missed.
@@ -86,6 +86,10 @@ pub async fn serve(
     mut requests: Subscriber,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let max = rt
+        .config
+        .section::<crate::config::SchedulerConfig>()?
+        .max_request_bytes;
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -94,13 +98,15 @@ pub async fn serve(
                 None => break,
             },
         };
-        handle(&rt, message).await;
+        handle(&rt, message, max).await;
     }
     let _ = requests.unsubscribe().await;
     Ok(())
 }
 
-async fn handle(rt: &Runtime, message: async_nats::Message) {
+/// Answers one request; `max` is `scheduler.max_request_bytes`.
+async fn handle(rt: &Runtime, message: async_nats::Message, max: usize) {
+    ferry_runtime::fault::point("scheduler.manual-request");
     let span = tracing::info_span!(
         "job",
         otel.name = "job request",
@@ -114,7 +120,9 @@ async fn handle(rt: &Runtime, message: async_nats::Message) {
     );
     // A caller that traces (ferry backup now) makes the job part of its trace.
     let _ = span.set_parent(ferry_telemetry::extract(message.headers.as_ref()));
-    let reply = accept(rt, &message, &span).instrument(span.clone()).await;
+    let reply = accept(rt, &message, &span, max)
+        .instrument(span.clone())
+        .await;
     if let Some(reply_to) = message.reply {
         let body = serde_json::to_vec(&reply).expect("a reply always serialises");
         if let Err(e) = rt.nats.publish(reply_to, body.into()).await {
@@ -123,26 +131,30 @@ async fn handle(rt: &Runtime, message: async_nats::Message) {
     }
 }
 
-async fn accept(rt: &Runtime, message: &async_nats::Message, span: &tracing::Span) -> ManualReply {
-    let max = rt.config.scheduler.max_request_bytes;
+async fn accept(
+    rt: &Runtime,
+    message: &async_nats::Message,
+    span: &tracing::Span,
+    max: usize,
+) -> ManualReply {
     let parsed = if message.payload.len() > max {
         Err(Rejection {
             job_id: None,
             source: String::new(),
-            reason: reason::PAYLOAD_TOO_LARGE,
-            message: format!(
-                "job request of {} bytes is larger than the {max} bytes accepted; send only the source and options",
-                message.payload.len()
-            ),
+            error: RequestError::TooLarge {
+                size: message.payload.len(),
+                max,
+            },
         })
     } else {
         parse(rt, &message.payload)
     };
-    let request = match parsed {
-        Ok(request) => request,
+    // The source is looked up once, by `parse`: a source removed from the registry
+    // at any moment before is an unknown source, never a missing one after.
+    let (request, source) = match parsed {
+        Ok(parsed) => parsed,
         Err(rejection) => return reject(rt, rejection, span).await,
     };
-    let source = rt.sources.get(&request.source).expect("checked by parse");
     let job_id = request
         .job_id
         .clone()
@@ -155,7 +167,7 @@ async fn accept(rt: &Runtime, message: &async_nats::Message, span: &tracing::Spa
         at: chrono::Utc::now(),
         reason: request.reason.clone().unwrap_or_default(),
         databases: request.databases.clone(),
-        msg_id: job_id.clone(),
+        msg_id: msg_id::manual(&job_id),
         priority: match request.priority {
             Some(RequestPriority::High) => Priority::High,
             _ => Priority::Normal,
@@ -175,27 +187,26 @@ async fn accept(rt: &Runtime, message: &async_nats::Message, span: &tracing::Spa
             }
         }
         Err(e) => {
-            tracing::error!(error = %e, "failed to publish manual job");
+            let error = RequestError::Queue(e);
+            let message = errors::message(&error);
+            tracing::error!(error = %message, "failed to publish manual job");
             rt.metrics.record_request("manual", "failed");
             ManualReply {
                 ok: false,
                 job_id,
                 backup_id: None,
-                reason: Some(reason::INTERNAL.into()),
-                message: Some(format!("the job could not be queued: {e}; try again")),
+                reason: Some(errors::classify(&error).into()),
+                message: Some(message),
             }
         }
     }
 }
 
-fn parse(rt: &Runtime, payload: &[u8]) -> Result<ManualRequest, Rejection> {
+fn parse(rt: &Runtime, payload: &[u8]) -> Result<(ManualRequest, SourceConfig), Rejection> {
     let request: ManualRequest = serde_json::from_slice(payload).map_err(|e| Rejection {
         job_id: None,
         source: String::new(),
-        reason: reason::MALFORMED_REQUEST,
-        message: format!(
-            "job request is not valid JSON of the form {{\"source\":\"name\"}} (optional: reason, databases, job_id, priority \"normal\" or \"high\"): {e}"
-        ),
+        error: RequestError::Malformed(e),
     })?;
     if let Some(id) = &request.job_id
         && uuid::Uuid::parse_str(id).is_err()
@@ -203,8 +214,7 @@ fn parse(rt: &Runtime, payload: &[u8]) -> Result<ManualRequest, Rejection> {
         return Err(Rejection {
             job_id: None,
             source: request.source.chars().take(64).collect(),
-            reason: reason::MALFORMED_REQUEST,
-            message: format!("job_id {id:?} is not a UUID"),
+            error: RequestError::JobId(id.clone()),
         });
     }
     if !subjects::is_valid_source_name(&request.source) {
@@ -212,13 +222,10 @@ fn parse(rt: &Runtime, payload: &[u8]) -> Result<ManualRequest, Rejection> {
             job_id: request.job_id.clone(),
             // Bounded: the name is echoed in the event, and it may be huge.
             source: request.source.chars().take(64).collect(),
-            reason: reason::INVALID_SOURCE_NAME,
-            message:
-                "source names are 1-64 characters of [a-z0-9_-], starting with a letter or digit"
-                    .into(),
+            error: RequestError::SourceName,
         });
     }
-    if rt.sources.get(&request.source).is_none() {
+    let Some(source) = rt.sources.get(&request.source) else {
         let known: Vec<String> = rt
             .sources
             .all()
@@ -228,16 +235,14 @@ fn parse(rt: &Runtime, payload: &[u8]) -> Result<ManualRequest, Rejection> {
             .collect();
         return Err(Rejection {
             job_id: request.job_id.clone(),
-            message: format!(
-                "unknown source {:?}; configured sources: {}",
-                request.source,
-                known.join(", ")
-            ),
+            error: RequestError::UnknownSource {
+                name: request.source.clone(),
+                known: known.join(", "),
+            },
             source: request.source,
-            reason: reason::UNKNOWN_SOURCE,
         });
-    }
-    Ok(request)
+    };
+    Ok((request, source))
 }
 
 async fn reject(rt: &Runtime, rejection: Rejection, span: &tracing::Span) -> ManualReply {
@@ -247,15 +252,19 @@ async fn reject(rt: &Runtime, rejection: Rejection, span: &tracing::Span) -> Man
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     span.record("ferry.job_id", job_id.as_str());
     span.record("ferry.source", subjects::source_token(&rejection.source));
-    tracing::warn!(reason = rejection.reason, error = %rejection.message, "job request rejected");
+    let (reason, message) = (
+        errors::classify(&rejection.error),
+        errors::message(&rejection.error),
+    );
+    tracing::warn!(reason, error = %message, "job request rejected");
     rt.metrics.record_request("manual", "rejected");
     let failed = BackupFailed {
         job_id: job_id.clone(),
         source: rejection.source.clone(),
         occurred_at: Some(ferry_proto::now()),
         stage: Stage::Scheduler as i32,
-        reason: rejection.reason.into(),
-        message: rejection.message.clone(),
+        reason: reason.into(),
+        message: message.clone(),
         attempt: 1,
         r#final: true,
         backup_id: String::new(),
@@ -264,16 +273,16 @@ async fn reject(rt: &Runtime, rejection: Rejection, span: &tracing::Span) -> Man
         EventKind::Failed,
         &rejection.source,
         &failed,
-        format!("{job_id}/failed/scheduler"),
+        msg_id::failed(&job_id, Stage::Scheduler),
     );
     if let Err(e) = rt.publisher.publish(&out).await {
-        tracing::error!(error = %e, "failed to publish the rejection event");
+        tracing::error!(error = %ferry_runtime::error_chain(&e), "failed to publish the rejection event");
     }
     ManualReply {
         ok: false,
         job_id,
         backup_id: None,
-        reason: Some(rejection.reason.into()),
-        message: Some(rejection.message),
+        reason: Some(reason.into()),
+        message: Some(message),
     }
 }

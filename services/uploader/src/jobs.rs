@@ -1,20 +1,24 @@
-//! Which objects of each running job are stored, so that `DumpFileReady` and
-//! `DumpCompleted` (handled by different tasks of this process) upload each file
-//! once and the manifest knows which files this job uploaded and which it reused.
+//! Which objects each running job stored or reused. The truth is in NATS (the job
+//! state bucket's `<job_id>.file.<sha256>` claims, see [`ferry_runtime::jobstate`]),
+//! so that `DumpFileReady` and `DumpCompleted` of one job may reach different
+//! uploader replicas and the manifest still says which files this job uploaded.
+//! Each process also keeps a small in-memory slot per file, so its own two handlers
+//! upload a file once and do not ask NATS twice.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_runtime::HandlerError;
+use ferry_runtime::jobstate::{FileClaim, JobState};
 use ferry_storage::layout::object_key;
 
-use crate::transfer::{FileRef, Transfer, storage_error};
+use crate::transfer::{FileRef, Transfer, UploadError};
 
-/// Jobs idle this long (a dump that failed and never completed) are forgotten.
+/// Jobs idle this long (a dump that failed and never completed) are forgotten
+/// locally; their claims in NATS expire with the bucket's `max_age`.
 const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 
-/// `None` until stored; then whether the object was reused.
+/// `None` until settled; then whether the object was reused.
 type Slot = Arc<tokio::sync::Mutex<Option<bool>>>;
 
 struct Job {
@@ -22,14 +26,31 @@ struct Job {
     touched: Instant,
 }
 
-/// The per-job record of stored objects. Its size is bounded by the jobs in
-/// flight (each entry is one small slot per file) and idle jobs are dropped.
-#[derive(Default, Clone)]
-pub struct Jobs(Arc<Mutex<HashMap<String, Job>>>);
+/// The per-job record of stored objects: the claims in NATS, cached per process.
+/// The cache is bounded by the jobs in flight (one small slot per file) and idle
+/// jobs are dropped.
+#[derive(Clone)]
+pub struct Jobs {
+    local: Arc<Mutex<HashMap<String, Job>>>,
+    state: JobState,
+}
 
 impl Jobs {
+    /// Bookkeeping kept in `state`.
+    pub fn new(state: JobState) -> Jobs {
+        Jobs {
+            local: Arc::default(),
+            state,
+        }
+    }
+
+    /// The job state bucket behind this bookkeeping.
+    pub fn state(&self) -> &JobState {
+        &self.state
+    }
+
     fn slot(&self, job_id: &str, sha256: &str) -> Slot {
-        let mut jobs = self.0.lock().expect("jobs lock");
+        let mut jobs = self.local.lock().expect("jobs lock");
         jobs.retain(|_, j| j.touched.elapsed() < FORGET_AFTER);
         let job = jobs.entry(job_id.to_string()).or_insert_with(|| Job {
             files: HashMap::new(),
@@ -39,38 +60,53 @@ impl Jobs {
         job.files.entry(sha256.to_string()).or_default().clone()
     }
 
-    /// Forgets a committed job.
+    /// Forgets a finished job in this process (its claims are removed with the
+    /// job's record).
     pub fn forget(&self, job_id: &str) {
-        self.0.lock().expect("jobs lock").remove(job_id);
+        self.local.lock().expect("jobs lock").remove(job_id);
     }
 
     /// Makes sure the file's object is stored and says whether it was already
-    /// there (`true`: reused) or uploaded by this job. Concurrent callers for the
-    /// same file wait for the first one; after a failure the next caller retries.
+    /// there before this job (`true`: reused) or uploaded by this job, as the
+    /// job's claim in NATS records it: the first replica to look decides, and
+    /// every later look, on any replica, agrees.
     pub async fn ensure(
         &self,
         transfer: &Transfer,
         file: &FileRef<'_>,
-    ) -> Result<bool, HandlerError> {
+    ) -> Result<bool, UploadError> {
         let slot = self.slot(file.job_id, file.sha256);
-        let mut state = slot.lock().await;
-        if let Some(reused) = *state {
+        let mut settled = slot.lock().await;
+        if let Some(reused) = *settled {
             return Ok(reused);
         }
         let object = object_key(file.sha256);
-        let existing = transfer
-            .retry
-            .run("head", || transfer.store.head(&object))
-            .await
-            .map_err(storage_error)?;
-        let reused = match existing {
-            Some(meta) if meta.size == file.size => true,
-            _ => {
-                transfer.upload(file, &object).await?;
-                false
+        let (claim, stored) = match self.state.file_claim(file.job_id, file.sha256).await? {
+            Some(claim) => (claim, transfer.is_stored(&object, file.size).await?),
+            None => {
+                // Claimed before uploading: a replica that finds the object a
+                // moment later (our upload) reads this claim, not "reused".
+                let stored = transfer.is_stored(&object, file.size).await?;
+                let proposed = if stored {
+                    FileClaim::Reused
+                } else {
+                    FileClaim::Uploaded
+                };
+                let claim = self
+                    .state
+                    .claim_file(file.job_id, file.sha256, proposed)
+                    .await?;
+                (claim, stored)
             }
         };
-        *state = Some(reused);
+        if !stored {
+            // Claimed by this job but not (yet) in the store: another replica may
+            // be uploading it, or died doing so. The object is content-addressed,
+            // so uploading it here too is safe.
+            transfer.upload(file, &object).await?;
+        }
+        let reused = claim == FileClaim::Reused;
+        *settled = Some(reused);
         Ok(reused)
     }
 }

@@ -4,19 +4,28 @@
 //!
 //! It starts on `DumpFileReady`, so files upload while the dumper is still dumping
 //! the next ones; `DumpCompleted` waits for what is still in flight, uploads what no
-//! `DumpFileReady` covered, and commits. Idempotent on `job_id`: when the manifest
-//! already exists, the job is done and the event is re-announced from it.
+//! `DumpFileReady` covered, and commits. Which files a job uploaded or reused is
+//! kept in NATS ([`Jobs`]), so the two events may reach different replicas.
+//! Idempotent on `job_id`: when the manifest already exists, the job is done and
+//! the event is re-announced from it. A job that fails for good is cleaned up by
+//! the [`janitor`].
 
+pub mod config;
+pub mod errors;
+pub mod janitor;
 mod jobs;
 pub mod transfer;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_proto::Message;
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupUploaded, DumpCompleted, DumpFileReady, Stage};
-use ferry_proto::{Message, reason};
-use ferry_runtime::{ConsumerSpec, Handler, HandlerError, JobContext, Outgoing, Runtime};
+use ferry_runtime::config::SectionSpec;
+use ferry_runtime::jobstate::JobState;
+use ferry_runtime::process::{ReadinessNeeds, ServiceSpec};
+use ferry_runtime::{ConsumerSpec, Deliver, Handler, HandlerError, JobContext, Outgoing, Runtime};
 use ferry_storage::layout::{manifest_key, object_key};
 use ferry_storage::retry::RetryPolicy;
 use ferry_storage::{Catalog, CatalogError, Compression, Manifest, ManifestFile};
@@ -24,8 +33,18 @@ use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use config::UploaderConfig;
+pub use errors::{UploadError, classify};
 pub use jobs::Jobs;
-use transfer::{FileRef, Transfer, storage_error};
+use transfer::{FileRef, Transfer};
+
+/// What the uploader declares to the process that runs it: its `[uploader]`
+/// section; its readiness needs the store, which it writes.
+pub const SERVICE: ServiceSpec = ServiceSpec {
+    name: "ferry-uploader",
+    sections: &[SectionSpec::of::<UploaderConfig>()],
+    readiness: ReadinessNeeds { store: true },
+};
 
 /// Files of one job uploaded at once when `DumpCompleted` finds several missing.
 const FILES_AT_ONCE: usize = 4;
@@ -70,6 +89,7 @@ impl FileUploader {
 /// The transfer `[uploader]`, `[storage]` and `[spool]` describe.
 pub async fn transfer_from(rt: &Runtime) -> anyhow::Result<Transfer> {
     let config = &rt.config;
+    let uploader = config.section::<UploaderConfig>()?;
     let store = ferry_runtime::store::open(&config.storage)?;
     let spool =
         ferry_runtime::store::open_spool(&config.spool, &rt.jetstream, config.nats.replicas)
@@ -77,10 +97,10 @@ pub async fn transfer_from(rt: &Runtime) -> anyhow::Result<Transfer> {
     Ok(Transfer::new(
         store,
         spool,
-        config.uploader.part_size.0,
-        config.uploader.parts_in_flight,
+        uploader.part_size.0,
+        uploader.parts_in_flight,
         RetryPolicy {
-            attempts: config.uploader.retry_attempts,
+            attempts: uploader.retry_attempts,
             ..RetryPolicy::default()
         },
     ))
@@ -89,18 +109,41 @@ pub async fn transfer_from(rt: &Runtime) -> anyhow::Result<Transfer> {
 /// Runs the uploader until `shutdown`.
 pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()> {
     let transfer = transfer_from(&rt).await?;
-    let jobs = Jobs::default();
-    let ack_wait = rt.config.uploader.ack_wait;
+    let state = JobState::open(&rt.jetstream).await?;
+    let jobs = Jobs::new(state.clone());
+    let config = rt.config.section::<UploaderConfig>()?;
+    let ack_wait = config.ack_wait;
+    let node = rt
+        .config
+        .spool
+        .node
+        .clone()
+        .unwrap_or_else(ferry_runtime::host_name);
+    let janitor = Arc::new(janitor::Janitor::new(
+        transfer.spool.clone(),
+        state,
+        node,
+        ack_wait,
+    ));
     let commit = Arc::new(Uploader::new(transfer.clone(), jobs.clone(), ack_wait));
     let early = Arc::new(FileUploader::new(transfer, jobs, ack_wait));
-    let concurrency = rt.config.uploader.concurrency;
-    let (a, b) = tokio::join!(
-        rt.run_handler(commit, concurrency, shutdown.clone()),
-        rt.run_handler(early, concurrency, shutdown)
-    );
-    a?;
-    b?;
-    Ok(())
+    let concurrency = config.concurrency;
+    // One group: a consumer that fails or panics stops the others, and the process.
+    let mut tasks = ferry_runtime::Tasks::new(&shutdown);
+    let (rt_commit, group) = (rt.clone(), tasks.shutdown());
+    tasks.spawn("uploader", async move {
+        Ok(rt_commit.run_handler(commit, concurrency, group).await?)
+    });
+    let (rt_early, group) = (rt.clone(), tasks.shutdown());
+    tasks.spawn("uploader early files", async move {
+        Ok(rt_early.run_handler(early, concurrency, group).await?)
+    });
+    let group = tasks.shutdown();
+    // Removals are small and idempotent: one at a time is enough.
+    tasks.spawn("uploader spool janitor", async move {
+        Ok(rt.run_handler(janitor, 1, group).await?)
+    });
+    Ok(tasks.join().await?)
 }
 
 impl Handler for FileUploader {
@@ -111,7 +154,8 @@ impl Handler for FileUploader {
         ConsumerSpec {
             stream: subjects::EVENTS_STREAM,
             durable: "ferry-uploader-files".into(),
-            filter: EventKind::FileReady.filter(),
+            filters: vec![EventKind::FileReady.filter()],
+            deliver: Deliver::All,
             ack_wait: self.ack_wait,
             max_deliver: 3,
         }
@@ -172,7 +216,8 @@ impl Handler for Uploader {
         ConsumerSpec {
             stream: subjects::EVENTS_STREAM,
             durable: "ferry-uploader".into(),
-            filter: EventKind::Dumped.filter(),
+            filters: vec![EventKind::Dumped.filter()],
+            deliver: Deliver::All,
             ack_wait: self.ack_wait,
             max_deliver: 6,
         }
@@ -193,31 +238,26 @@ impl Handler for Uploader {
     ) -> Result<Vec<Outgoing>, HandlerError> {
         // The job's deadline, set by the scheduler from the source's timeout, holds
         // here too: an upload past it stops and the job ends as `timeout`.
-        let timeout = || {
-            HandlerError::permanent(
-                reason::TIMEOUT,
-                format!(
-                    "the backup of {} ran past its deadline while uploading; raise the source's timeout or check the store's speed",
-                    dump.source
-                ),
-            )
+        let timeout = || UploadError::Timeout {
+            source_name: dump.source.clone(),
         };
         let remaining = match dump.deadline.as_ref().and_then(ferry_proto::from_timestamp) {
             Some(deadline) => (deadline - chrono::Utc::now()).to_std().unwrap_or_default(),
-            None => return self.store_backup(dump).await,
+            None => return Ok(self.store_backup(dump).await?),
         };
         if remaining.is_zero() {
-            return Err(timeout());
+            return Err(timeout().into());
         }
-        tokio::time::timeout(remaining, self.store_backup(dump.clone()))
+        let stored = tokio::time::timeout(remaining, self.store_backup(dump.clone()))
             .await
-            .unwrap_or_else(|_| Err(timeout()))
+            .unwrap_or_else(|_| Err(timeout()));
+        Ok(stored?)
     }
 }
 
 impl Uploader {
     /// Stores the files, then commits the manifest.
-    async fn store_backup(&self, dump: DumpCompleted) -> Result<Vec<Outgoing>, HandlerError> {
+    async fn store_backup(&self, dump: DumpCompleted) -> Result<Vec<Outgoing>, UploadError> {
         let key = manifest_key(&dump.source, &dump.backup_id);
         let store = &self.transfer.store;
         let catalog = Catalog::new(store.as_ref());
@@ -225,12 +265,11 @@ impl Uploader {
             .transfer
             .retry
             .run("head", || catalog.exists(&dump.source, &dump.backup_id))
-            .await
-            .map_err(storage_error)?;
+            .await?;
         if existing {
             tracing::info!(manifest = %key, "backup already committed by an earlier delivery");
             let manifest = self.read_manifest(&key).await?;
-            self.clean_spool(&dump.job_id).await;
+            self.finish(&dump).await;
             return Ok(vec![uploaded_event(&dump, &manifest, &key)]);
         }
 
@@ -248,14 +287,11 @@ impl Uploader {
                 .as_ref()
                 .map(|s| format!("{} on node {}", s.path, s.node))
                 .unwrap_or_default();
-            return Err(HandlerError::permanent(
-                reason::SPOOL_MISSING,
-                format!(
-                    "the dump files of job {} ({location}) are not in this uploader's spool {}: run the uploader where it can see the dumper's spool",
-                    dump.job_id,
-                    spool.describe()
-                ),
-            ));
+            return Err(UploadError::SpoolMissing {
+                job_id: dump.job_id.clone(),
+                location,
+                spool: spool.describe(),
+            });
         }
 
         // Files already uploaded on DumpFileReady are found in `jobs`; the rest go
@@ -268,20 +304,11 @@ impl Uploader {
 
         // Every object the manifest names must exist before it is written.
         for file in &files {
-            let found = self
-                .transfer
-                .retry
-                .run("head", || store.head(&file.object))
-                .await
-                .map_err(storage_error)?;
-            if found.map(|m| m.size) != Some(file.size) {
-                return Err(HandlerError::retryable(
-                    reason::STORAGE_ERROR,
-                    format!(
-                        "object {} of {} is missing from the store after its upload; the backup is not committed",
-                        file.object, file.name
-                    ),
-                ));
+            if !self.transfer.is_stored(&file.object, file.size).await? {
+                return Err(UploadError::MissingAfterUpload {
+                    object: file.object.clone(),
+                    name: file.name.clone(),
+                });
             }
         }
 
@@ -293,13 +320,10 @@ impl Uploader {
             .and_then(ferry_proto::from_timestamp)
             .unwrap_or_else(chrono::Utc::now);
         let engine = ferry_storage::Engine::from_proto(dump.engine).ok_or_else(|| {
-            HandlerError::permanent(
-                reason::MALFORMED_MESSAGE,
-                format!(
-                    "DumpCompleted of job {} names no known engine ({}); the dumper and uploader disagree on the contract: upgrade them together",
-                    dump.job_id, dump.engine
-                ),
-            )
+            UploadError::Malformed(format!(
+                "DumpCompleted of job {} names no known engine ({}); the dumper and uploader disagree on the contract: upgrade them together",
+                dump.job_id, dump.engine
+            ))
         })?;
         let manifest = Manifest {
             format: ferry_storage::manifest::FORMAT_VERSION,
@@ -326,8 +350,7 @@ impl Uploader {
             .retry
             .run("write manifest", || catalog.commit(&manifest))
             .instrument(tracing::info_span!("write_manifest", manifest = %key))
-            .await
-            .map_err(storage_error)?;
+            .await?;
         let manifest = if created {
             manifest
         } else {
@@ -336,7 +359,7 @@ impl Uploader {
         if created {
             ferry_runtime::metrics::count_upload(manifest.bytes_uploaded, manifest.bytes_reused);
         }
-        self.clean_spool(&dump.job_id).await;
+        self.finish(&dump).await;
         tracing::info!(
             manifest = %key,
             bytes_total = manifest.bytes_total,
@@ -351,7 +374,7 @@ impl Uploader {
         &self,
         job_id: String,
         file: ferry_proto::v1::DumpFile,
-    ) -> Result<ManifestFile, HandlerError> {
+    ) -> Result<ManifestFile, UploadError> {
         let file_ref = FileRef {
             job_id: &job_id,
             name: &file.name,
@@ -365,9 +388,8 @@ impl Uploader {
                 tracing::info_span!("upload_object", file.name = %file.name, file.size = file.size),
             )
             .await?;
-        let compression = Compression::parse(&file.compression).map_err(|e| {
-            HandlerError::permanent(reason::MALFORMED_MESSAGE, format!("{}: {e}", file.name))
-        })?;
+        let compression = Compression::parse(&file.compression)
+            .map_err(|e| UploadError::Malformed(format!("{}: {e}", file.name)))?;
         Ok(ManifestFile {
             object: object_key(&file.sha256),
             name: file.name,
@@ -378,28 +400,34 @@ impl Uploader {
         })
     }
 
-    async fn read_manifest(&self, key: &str) -> Result<Manifest, HandlerError> {
+    async fn read_manifest(&self, key: &str) -> Result<Manifest, UploadError> {
         match Catalog::new(self.transfer.store.as_ref())
             .read_key(key)
             .await
         {
             Ok(Some(m)) => Ok(m),
-            Ok(None) => Err(HandlerError::retryable(
-                reason::STORAGE_ERROR,
-                format!("manifest {key} vanished right after it was written; retrying"),
-            )),
-            Err(CatalogError::Storage(e)) => Err(storage_error(e)),
-            Err(e) => Err(HandlerError::permanent(
-                reason::STORAGE_ERROR,
-                e.to_string(),
-            )),
+            Ok(None) => Err(UploadError::ManifestVanished {
+                key: key.to_string(),
+            }),
+            Err(CatalogError::Storage(e)) => Err(e.into()),
+            Err(e) => Err(UploadError::ManifestUnreadable {
+                key: key.to_string(),
+                message: e.to_string(),
+            }),
         }
     }
 
-    async fn clean_spool(&self, job_id: &str) {
+    /// Ends a committed job: its spool files go, then its record says committed
+    /// (and its file claims go). Failures only cost spool space or a record until
+    /// the bucket's max age: the manifest is what counts, so they are logged.
+    async fn finish(&self, dump: &DumpCompleted) {
+        let job_id = dump.job_id.as_str();
         self.jobs.forget(job_id);
         if let Err(e) = self.transfer.spool.remove_job(job_id).await {
             tracing::warn!(job_id, error = %e, "could not remove the job's spool files");
+        }
+        if let Err(e) = self.jobs.state().committed(job_id, &dump.backup_id).await {
+            tracing::warn!(job_id, error = %e, "could not record the job as committed");
         }
     }
 }
@@ -426,6 +454,6 @@ fn uploaded_event(dump: &DumpCompleted, manifest: &Manifest, key: &str) -> Outgo
         EventKind::Uploaded,
         &dump.source,
         &event,
-        format!("{}/uploaded", dump.job_id),
+        ferry_runtime::msg_id::uploaded(&dump.job_id),
     )
 }

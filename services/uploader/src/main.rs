@@ -4,5 +4,5 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    ferry_runtime::process::main("ferry-uploader", ferry_uploader::run).await
+    ferry_runtime::process::main(ferry_uploader::SERVICE, ferry_uploader::run).await
 }

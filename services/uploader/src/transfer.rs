@@ -8,8 +8,6 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use ferry_proto::reason;
-use ferry_runtime::HandlerError;
 use ferry_storage::retry::RetryPolicy;
 use ferry_storage::spool::Spool;
 use ferry_storage::{ObjectStore, PartReceipt, StorageError};
@@ -17,6 +15,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+
+pub use crate::errors::UploadError;
 
 /// S3 allows at most this many parts per upload.
 pub const MAX_PARTS: u64 = 10_000;
@@ -49,24 +49,13 @@ pub struct FileRef<'a> {
     pub sha256: &'a str,
 }
 
-pub(crate) fn storage_error(err: StorageError) -> HandlerError {
-    if err.is_retryable() {
-        HandlerError::retryable(reason::STORAGE_ERROR, err.to_string())
-    } else {
-        HandlerError::permanent(reason::STORAGE_ERROR, err.to_string())
+fn spool_error(file: &FileRef<'_>, spool: &dyn Spool, source: std::io::Error) -> UploadError {
+    UploadError::SpoolRead {
+        job_id: file.job_id.to_string(),
+        name: file.name.to_string(),
+        spool: spool.describe(),
+        source,
     }
-}
-
-fn spool_error(file: &FileRef<'_>, spool: &dyn Spool, e: std::io::Error) -> HandlerError {
-    HandlerError::permanent(
-        reason::SPOOL_MISSING,
-        format!(
-            "cannot read {} of job {} from the spool ({}): {e}; run the uploader where it can see the dumper's spool",
-            file.name,
-            file.job_id,
-            spool.describe()
-        ),
-    )
 }
 
 impl Transfer {
@@ -109,10 +98,16 @@ impl Transfer {
             .expect("buffer semaphore is never closed")
     }
 
+    /// Whether `object` is in the store with `size` bytes.
+    pub async fn is_stored(&self, object: &str, size: u64) -> Result<bool, UploadError> {
+        let found = self.retry.run("head", || self.store.head(object)).await?;
+        Ok(found.is_some_and(|meta| meta.size == size))
+    }
+
     /// Uploads the file to `object`, checking that what was read has the recorded
     /// size and SHA-256: a spool file changed since the dump is never stored under
     /// the wrong key.
-    pub async fn upload(&self, file: &FileRef<'_>, object: &str) -> Result<(), HandlerError> {
+    pub async fn upload(&self, file: &FileRef<'_>, object: &str) -> Result<(), UploadError> {
         let body = self
             .spool
             .open(file.job_id, file.name)
@@ -130,7 +125,7 @@ impl Transfer {
         file: &FileRef<'_>,
         object: &str,
         mut body: ferry_storage::Body,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<(), UploadError> {
         let _permit = self.buffer(file.size).await;
         let mut buf = Vec::with_capacity(file.size as usize);
         (&mut body)
@@ -145,19 +140,20 @@ impl Transfer {
             .run("put", || {
                 self.store.put_bytes(object, bytes.clone(), Some(md5))
             })
-            .await
-            .map_err(storage_error)
+            .await?;
+        Ok(())
     }
 
-    fn check(&self, file: &FileRef<'_>, size: u64, sha256: &str) -> Result<(), HandlerError> {
+    fn check(&self, file: &FileRef<'_>, size: u64, sha256: &str) -> Result<(), UploadError> {
         if size != file.size || sha256 != file.sha256 {
-            return Err(HandlerError::permanent(
-                reason::CHECKSUM_MISMATCH,
-                format!(
-                    "spool file {} of job {} has {size} bytes with SHA-256 {sha256}, but the dumper recorded {} bytes with {}: the spool was modified or is damaged; run the backup again",
-                    file.name, file.job_id, file.size, file.sha256
-                ),
-            ));
+            return Err(UploadError::ChecksumMismatch {
+                job_id: file.job_id.to_string(),
+                name: file.name.to_string(),
+                size,
+                sha256: sha256.to_string(),
+                expected_size: file.size,
+                expected_sha256: file.sha256.to_string(),
+            });
         }
         Ok(())
     }
@@ -167,15 +163,14 @@ impl Transfer {
         file: &FileRef<'_>,
         object: &str,
         body: ferry_storage::Body,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<(), UploadError> {
         // Leftovers of an earlier, killed attempt at this object cost storage until
         // aborted; nobody will complete them.
         self.abort_pending(object).await;
         let upload_id = self
             .retry
             .run("create upload", || self.store.create_multipart(object))
-            .await
-            .map_err(storage_error)?;
+            .await?;
         let result = self.send_parts(file, object, &upload_id, body).await;
         match result {
             Ok(parts) => {
@@ -187,7 +182,7 @@ impl Transfer {
                     .await;
                 if let Err(err) = done {
                     let _ = self.store.abort_multipart(object, &upload_id).await;
-                    return Err(storage_error(err));
+                    return Err(err.into());
                 }
                 Ok(())
             }
@@ -208,7 +203,7 @@ impl Transfer {
         object: &str,
         upload_id: &str,
         mut body: ferry_storage::Body,
-    ) -> Result<Vec<PartReceipt>, HandlerError> {
+    ) -> Result<Vec<PartReceipt>, UploadError> {
         let part_size = self.part_size_for(file.size);
         let mut hasher = Sha256::new();
         let mut size = 0u64;
@@ -238,11 +233,11 @@ impl Transfer {
             number += 1;
             let bytes = buf.freeze();
             let (store, retry) = (self.store.clone(), self.retry);
-            let (object, upload_id) = (object.to_string(), upload_id.to_string());
+            let (key, upload_id) = (object.to_string(), upload_id.to_string());
             tasks.spawn(async move {
                 let receipt = retry
                     .run("upload part", || {
-                        store.upload_part(&object, &upload_id, number, bytes.clone())
+                        store.upload_part(&key, &upload_id, number, bytes.clone())
                     })
                     .await;
                 drop(permit);
@@ -250,14 +245,14 @@ impl Transfer {
             });
             // Collect finished parts as we go, so a failing part stops the read.
             while let Some(done) = tasks.try_join_next() {
-                receipts.push(joined(done)?);
+                receipts.push(joined(object, done)?);
             }
             if (filled as u64) < part_size {
                 break;
             }
         }
         while let Some(done) = tasks.join_next().await {
-            receipts.push(joined(done)?);
+            receipts.push(joined(object, done)?);
         }
         self.check(file, size, &hex::encode(hasher.finalize()))?;
         Ok(receipts)
@@ -278,14 +273,15 @@ impl Transfer {
 }
 
 fn joined(
+    object: &str,
     done: Result<Result<PartReceipt, StorageError>, tokio::task::JoinError>,
-) -> Result<PartReceipt, HandlerError> {
+) -> Result<PartReceipt, UploadError> {
     match done {
         Ok(Ok(receipt)) => Ok(receipt),
-        Ok(Err(err)) => Err(storage_error(err)),
-        Err(e) => Err(HandlerError::retryable(
-            reason::INTERNAL,
-            format!("a part upload task ended abnormally: {e}"),
-        )),
+        Ok(Err(err)) => Err(err.into()),
+        Err(source) => Err(UploadError::PartTask {
+            object: object.to_string(),
+            source,
+        }),
     }
 }

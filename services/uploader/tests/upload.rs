@@ -10,7 +10,7 @@ use ferry_proto::v1::{BackupUploaded, DumpCompleted, DumpFile, DumpFileReady, En
 use ferry_runtime::{Config, Outgoing, Runtime};
 use ferry_storage::layout::{manifest_key, object_key};
 use ferry_storage::{Manifest, ObjectStore, get_bytes};
-use ferry_testkit::{FaultProxy, NatsServer, S3Server, unique_name, wait_until};
+use ferry_testkit::{FaultProxy, NatsServer, S3Server, TestConfig, unique_name, wait_until};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -25,54 +25,22 @@ struct Env {
 }
 
 /// NATS, a spool and an S3 store (moto or Garage, maybe behind a proxy) under a
-/// unique prefix; `extra` is more TOML (`[spool]` kind…).
+/// unique prefix; `spool_kind` is the `[spool] kind`.
 async fn env(server: &S3Server, spool_kind: &str) -> Env {
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (id, secret) = server.write_key_files(dir.path());
-    let toml = format!(
-        r#"
-[nats]
-url = "{nats}"
-
-[spool]
-kind = "{spool_kind}"
-path = "{spool}"
-bucket = "{bucket}"
-
-[storage]
-kind = "s3"
-bucket = "{s3_bucket}"
-prefix = "{prefix}"
-endpoint = "{endpoint}"
-region = "{region}"
-force_path_style = true
-access_key_id_file = "{id}"
-secret_access_key_file = "{secret}"
-
-[uploader]
-part_size = "5MiB"
-parts_in_flight = 4
-# Short, so the job of a killed uploader is redelivered within seconds.
-ack_wait = "3s"
-
-[retry]
-base = "100ms"
-max = "1s"
-
-[http]
-listen = ""
-"#,
-        nats = nats.url(),
-        spool = dir.path().join("spool").display(),
-        bucket = unique_name("spool").replace('_', "-"),
-        s3_bucket = server.bucket,
-        prefix = unique_name("uploader"),
-        endpoint = server.endpoint,
-        region = server.region,
-        id = id.display(),
-        secret = secret.display(),
-    );
+    let toml = TestConfig::new()
+        .nats(nats.url())
+        .dir_spool(&dir.path().join("spool"))
+        .set("spool", "kind", spool_kind)
+        .set("spool", "bucket", unique_name("spool").replace('_', "-"))
+        .s3_store(server, &unique_name("uploader"), dir.path())
+        .set("uploader", "part_size", "5MiB")
+        .set("uploader", "parts_in_flight", 4)
+        // Short, so the job of a killed uploader is redelivered within seconds.
+        .set("uploader", "ack_wait", "3s")
+        .retry("100ms", "1s")
+        .to_toml();
     let config = Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
     let rt = Runtime::with_client(config, nats.client().await)
         .await
@@ -332,7 +300,7 @@ async fn killed_uploader_leaves_no_manifest_and_resumes_reusing_objects() {
     // Kill it as soon as the first object is stored, mid-way through the rest.
     let small = object_key(&job.completed.files[0].sha256);
     let store = env.store.clone();
-    wait_until("a first object", STEP, || {
+    let first = wait_until("a first object", STEP, || {
         let (store, small) = (store.clone(), small.clone());
         async move { store.head(&small).await.unwrap() }
     })
@@ -343,16 +311,32 @@ async fn killed_uploader_leaves_no_manifest_and_resumes_reusing_objects() {
         env.manifest(&job).await.is_none(),
         "no manifest after the kill"
     );
+    // The store's modification times have whole seconds: once the clock is past
+    // the first object's second, storing it again would show.
+    wait_until("the clock past the first object's second", STEP, || async {
+        (std::time::SystemTime::now() > first.modified + std::time::Duration::from_millis(1100))
+            .then_some(())
+    })
+    .await;
 
     let (shutdown, task) = env.start_uploader();
     let uploaded = env.uploaded(&job).await;
     let manifest = env.manifest(&job).await.expect("manifest after restart");
     env.assert_intact(&manifest).await;
-    assert!(
-        manifest.files[0].reused,
-        "the object stored before the kill is reused"
+    // The resumed job finds the object its first attempt stored and does not
+    // store it again; it is this job's upload, not reuse of another backup's
+    // (a fresh store's first backup reuses nothing).
+    let again = env.store.head(&small).await.unwrap().expect("first object");
+    assert_eq!(
+        again.modified, first.modified,
+        "the object stored before the kill is not uploaded again"
     );
-    assert!(uploaded.bytes_uploaded < uploaded.bytes_total);
+    assert!(
+        !manifest.files[0].reused,
+        "the job's own earlier upload is not counted as reuse"
+    );
+    assert_eq!(uploaded.bytes_reused, 0);
+    assert_eq!(uploaded.bytes_uploaded, uploaded.bytes_total);
     assert!(
         env.store
             .list_multipart("objects/")

@@ -1,6 +1,6 @@
 //! Discord and Slack layouts of a notification.
 
-use ferry_runtime::config::Severity;
+use crate::config::Severity;
 use serde_json::{Value, json};
 
 use crate::message::{Notification, NotificationKind};

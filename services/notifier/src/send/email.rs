@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use ferry_runtime::HandlerError;
-use ferry_runtime::config::NotifyConfig;
+use crate::config::NotifyConfig;
 use ferry_runtime::secrets::{SecretSource, read_secret};
 use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
@@ -11,7 +10,7 @@ use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 
-use super::{permanent, retryable};
+use crate::errors::DeliveryError;
 use crate::message::Notification;
 
 /// An SMTP transport and the envelope of every message.
@@ -96,7 +95,7 @@ impl Mailer {
     }
 
     /// Sends one notification to every recipient.
-    pub async fn send(&self, n: &Notification) -> Result<(), HandlerError> {
+    pub async fn send(&self, n: &Notification) -> Result<(), DeliveryError> {
         let mut message = Message::builder()
             .from(self.from.clone())
             .subject(format!("[ferry] {}", n.title));
@@ -117,13 +116,11 @@ impl Mailer {
                             .body(html(n)),
                     ),
             )
-            .map_err(|e| permanent(format!("cannot build the email: {e}")))?;
+            .map_err(DeliveryError::EmailBuild)?;
         match self.transport.send(message).await {
             Ok(_) => Ok(()),
-            Err(e) if e.is_permanent() => Err(permanent(format!(
-                "the SMTP server refused the message: {e}"
-            ))),
-            Err(e) => Err(retryable(format!("SMTP delivery failed: {e}"))),
+            Err(e) if e.is_permanent() => Err(DeliveryError::SmtpRefused(e)),
+            Err(e) => Err(DeliveryError::Smtp(e)),
         }
     }
 }

@@ -9,8 +9,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::{permanent, retryable};
-use ferry_runtime::HandlerError;
+use crate::errors::DeliveryError;
 
 /// The `X-Ferry-Signature` value for `body`: `sha256=<hex HMAC-SHA256>` keyed with
 /// the channel's secret. Receivers recompute it over the raw body and compare.
@@ -27,7 +26,7 @@ pub async fn post_json(
     url: &str,
     body: &Value,
     secret: Option<&str>,
-) -> Result<(), HandlerError> {
+) -> Result<(), DeliveryError> {
     let bytes = serde_json::to_vec(body).expect("a JSON value serialises");
     let mut request = http
         .post(url)
@@ -40,7 +39,7 @@ pub async fn post_json(
         .body(bytes)
         .send()
         .await
-        .map_err(|e| retryable(format!("request failed: {}", e.without_url())))?;
+        .map_err(|e| DeliveryError::Request(e.without_url()))?;
     let status = response.status();
     if status.is_success() {
         return Ok(());
@@ -54,15 +53,13 @@ pub async fn post_json(
         .take(300)
         .collect();
     if status.as_u16() == 429 || status.is_server_error() {
-        let err = retryable(format!("the channel answered {status}: {text}"));
-        Err(match retry_after {
-            Some(delay) => err.retry_after(delay),
-            None => err,
+        Err(DeliveryError::Unavailable {
+            status,
+            body: text,
+            retry_after,
         })
     } else {
-        Err(permanent(format!(
-            "the channel answered {status}: {text}; check its URL and settings"
-        )))
+        Err(DeliveryError::Refused { status, body: text })
     }
 }
 

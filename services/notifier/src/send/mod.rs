@@ -8,12 +8,11 @@ mod http;
 
 use std::time::Duration;
 
-use ferry_proto::reason;
-use ferry_runtime::HandlerError;
-use ferry_runtime::config::{NotifyConfig, NotifyKind};
+use crate::config::{NotifyConfig, NotifyKind};
 use ferry_runtime::secrets::{SecretSource, read_secret};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::errors::DeliveryError;
 use crate::message::Notification;
 
 pub use http::signature;
@@ -78,7 +77,11 @@ impl Delivery {
     }
 
     /// Sends one notification.
-    pub async fn send(&self, http: &reqwest::Client, n: &Notification) -> Result<(), HandlerError> {
+    pub async fn send(
+        &self,
+        http: &reqwest::Client,
+        n: &Notification,
+    ) -> Result<(), DeliveryError> {
         match self {
             Delivery::Discord { url } => {
                 http::post_json(http, url.expose_secret(), &chat::discord(n), None).await
@@ -98,12 +101,4 @@ impl Delivery {
             Delivery::Email(mailer) => mailer.send(n).await,
         }
     }
-}
-
-pub(crate) fn retryable(message: String) -> HandlerError {
-    HandlerError::retryable(reason::NOTIFICATION_FAILED, message)
-}
-
-pub(crate) fn permanent(message: String) -> HandlerError {
-    HandlerError::permanent(reason::NOTIFICATION_FAILED, message)
 }

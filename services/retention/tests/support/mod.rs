@@ -17,7 +17,7 @@ use ferry_storage::layout::{BACKUPS_PREFIX, OBJECTS_PREFIX, manifest_key, object
 use ferry_storage::{
     Body, Catalog, ListPages, Manifest, ObjectMeta, ObjectStore, StorageError, get_bytes,
 };
-use ferry_testkit::{NatsServer, S3Server};
+use ferry_testkit::{NatsServer, S3Server, Source, TestConfig};
 use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 
@@ -41,20 +41,6 @@ impl StoreKind {
     }
 }
 
-/// The `[storage]` keys of an S3 server, under a prefix of its own per test.
-fn s3_storage(server: &S3Server, dir: &std::path::Path) -> String {
-    let (id, secret) = server.write_key_files(dir);
-    format!(
-        "kind = \"s3\"\nbucket = \"{}\"\nprefix = \"{}\"\nendpoint = \"{}\"\nregion = \"{}\"\nforce_path_style = true\naccess_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"",
-        server.bucket,
-        ferry_testkit::unique_name("retention"),
-        server.endpoint,
-        server.region,
-        id.display(),
-        secret.display()
-    )
-}
-
 pub struct Env {
     _nats: NatsServer,
     rt: Runtime,
@@ -72,47 +58,38 @@ impl Env {
     pub async fn start_with(kind: StoreKind, policy: &str, sweep_interval: &str) -> Env {
         let nats = NatsServer::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let storage = match kind {
-            StoreKind::Fs => format!(
-                "kind = \"fs\"\npath = \"{}\"",
-                dir.path().join("store").display()
+        let config = TestConfig::new()
+            .nats(nats.url())
+            .dir_spool(&dir.path().join("spool"));
+        let config = match kind {
+            StoreKind::Fs => config.fs_store(&dir.path().join("store")),
+            StoreKind::Moto => config.s3_store(
+                &S3Server::moto().await,
+                &ferry_testkit::unique_name("retention"),
+                dir.path(),
             ),
-            StoreKind::Moto => s3_storage(&S3Server::moto().await, dir.path()),
-            StoreKind::Garage => s3_storage(&S3Server::garage().await, dir.path()),
+            StoreKind::Garage => config.s3_store(
+                &S3Server::garage().await,
+                &ferry_testkit::unique_name("retention"),
+                dir.path(),
+            ),
         };
-        let toml = format!(
-            r#"
-[nats]
-url = "{nats}"
-
-[spool]
-path = "{spool}"
-
-[storage]
-{storage}
-
-[http]
-listen = ""
-
-[dumper]
-# Short, so a killed run's leases expire quickly.
-lease_ttl = "3s"
-
-[retention]
-gc_grace = "{grace}s"
-sweep_interval = "{sweep_interval}"
-
-[[sources]]
-name = "orders"
-engine = "postgres"
-url = "postgres://backup@127.0.0.1:1/orders"
-timeout = "1s"
-retention = {policy}
-"#,
-            nats = nats.url(),
-            spool = dir.path().join("spool").display(),
-            grace = GRACE.as_secs(),
-        );
+        // `policy` is an inline TOML table, as a user writes it after `retention =`.
+        let policy = toml::from_str::<toml::Table>(&format!("policy = {policy}"))
+            .unwrap_or_else(|e| panic!("retention policy {policy}: {e}"))
+            .remove("policy")
+            .unwrap();
+        let toml = config
+            // Short, so a killed run's leases expire quickly.
+            .set("dumper", "lease_ttl", "3s")
+            .set("retention", "gc_grace", format!("{}s", GRACE.as_secs()))
+            .set("retention", "sweep_interval", sweep_interval)
+            .source(
+                Source::postgres("orders", "postgres://backup@127.0.0.1:1/orders")
+                    .set("timeout", "1s")
+                    .set("retention", policy),
+            )
+            .to_toml();
         let config = Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
         let client = nats.client().await;
         let rt = Runtime::with_client(config.clone(), client).await.unwrap();
@@ -147,7 +124,10 @@ retention = {policy}
         let s = self.source(source);
         ferry_retention::plan(
             &backups,
-            config.retention.policy_for(&s),
+            config
+                .section::<ferry_retention::config::RetentionConfig>()
+                .unwrap()
+                .policy_for(&s),
             chrono_tz::Tz::UTC,
             now,
         )
@@ -222,6 +202,8 @@ retention = {policy}
     }
 
     /// Waits out the grace period, so every object written so far is collectable.
+    /// A real gap on purpose: the grace period is measured against the objects'
+    /// modification times in the store, which only the passing of time moves.
     pub async fn age_objects(&self) {
         tokio::time::sleep(GRACE + Duration::from_millis(500)).await;
     }
