@@ -143,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
             part_mib,
             parts_in_flight,
         } => {
-            let defaults = ferry_runtime::config::UploaderConfig::default();
+            let defaults = ferry_uploader::config::UploaderConfig::default();
             let tuning = upload::Tuning {
                 part_size: part_mib.map_or(defaults.part_size.0, |m| m << 20),
                 parts_in_flight: parts_in_flight.unwrap_or(defaults.parts_in_flight),

@@ -16,6 +16,7 @@ use ferry_dumper::output::{Compression, JobOutput};
 use ferry_runtime::config::Config;
 use ferry_storage::layout::object_key;
 use ferry_storage::{FsStore, Manifest, ManifestFile, ObjectStore};
+use ferry_testkit::{Source, TestConfig};
 use mongodb::Client;
 use mongodb::bson::{DateTime, Document, RawDocumentBuf, doc, oid::ObjectId};
 
@@ -106,9 +107,11 @@ pub async fn run(
 /// The child side: Ferry's dump of `db` into `out`, then the manifest it implies
 /// (files and details) as `out/manifest.json`, for the restore measurement.
 pub async fn child(url: String, db: String, out: PathBuf, parallel: usize) -> anyhow::Result<()> {
-    let source = Config::from_toml(&format!(
-        "[[sources]]\nname = \"bench\"\nengine = \"mongodb\"\nurl = \"{url}\"\ndatabases = [\"{db}\"]\n"
-    ))?
+    let source = Config::from_toml(
+        &TestConfig::new()
+            .source(Source::mongodb("bench", &url, &[&db]))
+            .to_toml(),
+    )?
     .sources
     .remove(0);
     let output = JobOutput::new(out.join("job"), Compression::Zstd { level: 1 }, None);

@@ -14,7 +14,7 @@ use anyhow::Context;
 use ferry_dumper::PgTools;
 use ferry_dumper::output::{Compression, JobOutput};
 use ferry_runtime::Config;
-use ferry_testkit::PgCluster;
+use ferry_testkit::{PgCluster, TestConfig};
 use secrecy::SecretString;
 
 /// Rows per generated table: about 280 MB on disk each.
@@ -267,10 +267,11 @@ pub async fn child(
     out: PathBuf,
     level: i32,
 ) -> anyhow::Result<()> {
-    let config = Config::from_toml(&format!(
-        "[[sources]]\nname = \"bench\"\nengine = \"postgres\"\nurl = \"{url}\"\npassword_file = \"{}\"\n",
-        password_file.display()
-    ))?;
+    let config = Config::from_toml(
+        &TestConfig::new()
+            .postgres_source("bench", url, password_file)
+            .to_toml(),
+    )?;
     let source = &config.sources[0];
     let password = SecretString::from(std::fs::read_to_string(password_file)?.trim().to_string());
     let tools = PgTools::new(Some(pg_bin_dir), None);

@@ -22,16 +22,23 @@ use ferry_runtime::config::SourceConfig;
 use ferry_runtime::{Config, Runtime};
 use ferry_scheduler::clock::{Clock, ManualClock};
 use ferry_scheduler::cron::Schedule;
-use ferry_testkit::NatsServer;
+use ferry_testkit::{NatsServer, Source, TestConfig};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::{cpu_seconds, peak_rss_mib, quantile};
 
 fn source(i: usize, schedule: &str) -> SourceConfig {
-    let toml = format!(
-        "[[sources]]\nname = \"db-{i:05}\"\nengine = \"postgres\"\nurl = \"postgres://backup@db-{i:05}.internal/app\"\npassword_env = \"PG_PASSWORD\"\nschedule = \"{schedule}\"\n"
-    );
+    let toml = TestConfig::new()
+        .source(
+            Source::postgres(
+                &format!("db-{i:05}"),
+                &format!("postgres://backup@db-{i:05}.internal/app"),
+            )
+            .set("password_env", "PG_PASSWORD")
+            .schedule(schedule),
+        )
+        .to_toml();
     Config::from_toml(&toml)
         .expect("valid source")
         .sources
@@ -39,10 +46,12 @@ fn source(i: usize, schedule: &str) -> SourceConfig {
 }
 
 async fn runtime(nats: &NatsServer) -> anyhow::Result<Runtime> {
-    let config = Config::from_toml(&format!(
-        "[nats]\nurl = \"{}\"\n[http]\nlisten = \"\"\n[scheduler]\nmisfire = \"skip\"\n",
-        nats.url()
-    ))?;
+    let config = Config::from_toml(
+        &TestConfig::new()
+            .nats(nats.url())
+            .set("scheduler", "misfire", "skip")
+            .to_toml(),
+    )?;
     Ok(Runtime::with_client(config, nats.client().await).await?)
 }
 

@@ -19,7 +19,7 @@ use ferry_storage::layout::object_key;
 use ferry_storage::retry::RetryPolicy;
 use ferry_storage::spool::{DirSpool, Spool};
 use ferry_storage::{ObjectStore, RequestChecksum, S3Credentials, S3Options, S3Store};
-use ferry_testkit::{S3Server, unique_name};
+use ferry_testkit::{S3Server, Source, TestConfig, unique_name};
 use ferry_uploader::transfer::{FileRef, Transfer};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -218,52 +218,23 @@ pub async fn real_pipeline(server: &S3Server, gb: f64, tuning: Tuning) -> anyhow
         tempfile::tempdir_in(std::env::var_os("FERRY_BENCH_DIR").unwrap_or_else(|| "/tmp".into()))?;
     let password = work.path().join("pg-password");
     std::fs::write(&password, &pg.password)?;
-    let (key_id, secret) = server.write_key_files(work.path());
     let config = |prefix: &str| -> anyhow::Result<ferry_runtime::Config> {
-        Ok(ferry_runtime::Config::from_toml(&format!(
-            r#"
-[nats]
-url = "{nats}"
-[spool]
-path = "{spool}"
-[storage]
-kind = "s3"
-bucket = "{bucket}"
-prefix = "{prefix}"
-endpoint = "{endpoint}"
-region = "{region}"
-force_path_style = true
-request_checksum = "when_required"
-access_key_id_file = "{key_id}"
-secret_access_key_file = "{secret}"
-[http]
-listen = ""
-[uploader]
-part_size = {part_size}
-parts_in_flight = {parts_in_flight}
-[dumper]
-pg_bin_dir = "{pg_bin}"
-compression_level = 1
-[[sources]]
-name = "bench"
-engine = "postgres"
-url = "{url}"
-password_file = "{password}"
-timeout = "2h"
-"#,
-            nats = nats.url(),
-            spool = work.path().join("spool").display(),
-            bucket = server.bucket,
-            endpoint = server.endpoint,
-            region = server.region,
-            key_id = key_id.display(),
-            secret = secret.display(),
-            pg_bin = pg.bin_dir.display(),
-            url = pg.url_without_password(&database.0),
-            password = password.display(),
-            part_size = tuning.part_size,
-            parts_in_flight = tuning.parts_in_flight,
-        ))?)
+        let toml = TestConfig::new()
+            .nats(nats.url())
+            .dir_spool(&work.path().join("spool"))
+            .s3_store(server, prefix, work.path())
+            .set("storage", "request_checksum", "when_required")
+            .set("uploader", "part_size", tuning.part_size as i64)
+            .set("uploader", "parts_in_flight", tuning.parts_in_flight as i64)
+            .pg_bin_dir(&pg.bin_dir)
+            .set("dumper", "compression_level", 1)
+            .source(
+                Source::postgres("bench", &pg.url_without_password(&database.0))
+                    .password_file(&password)
+                    .set("timeout", "2h"),
+            )
+            .to_toml();
+        Ok(ferry_runtime::Config::from_toml(&toml)?)
     };
     let client = nats.client().await;
     // Every event of the source, subscribed before the first request.

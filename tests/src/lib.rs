@@ -13,12 +13,12 @@ use async_nats::jetstream::{self, consumer};
 use ferry_proto::Message;
 use ferry_proto::subjects::{self, EventKind};
 use ferry_runtime::{Config, Runtime};
-use ferry_testkit::{HttpReceiver, NatsServer, PgCluster, TestDatabase};
+use ferry_testkit::{HttpReceiver, NatsServer, PgCluster, TestConfig, TestDatabase};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Paths and URLs a test's `[[sources]]` can refer to.
+/// Paths and URLs a test's configuration can refer to.
 pub struct Paths {
     /// URL of the test database (no password).
     pub db_url: String,
@@ -26,6 +26,9 @@ pub struct Paths {
     pub password_file: PathBuf,
     /// A file holding a wrong password.
     pub wrong_password_file: PathBuf,
+    /// The test's temporary directory (spool, store, secrets), for files a
+    /// configuration names, such as S3 key files.
+    pub dir: PathBuf,
 }
 
 /// One running Ferry (every worker, as `ferry up` runs them) and its services.
@@ -50,38 +53,13 @@ pub struct TestEnv {
 
 impl TestEnv {
     /// Starts NATS, creates a database filled by `fill_sql`, and runs Ferry with the
-    /// `[[sources]]` that `sources` writes.
-    pub async fn start(fill_sql: &str, sources: impl FnOnce(&Paths) -> String) -> TestEnv {
-        Self::start_with(fill_sql, None, sources).await
-    }
-
-    /// `start`, with the dumper using the PostgreSQL tools in `pg_bin_dir` instead
-    /// of the test cluster's.
-    pub async fn start_with(
+    /// configuration `configure` makes of the default one: the test's NATS, a spool
+    /// and an fs store in the temporary directory, the test cluster's PostgreSQL
+    /// tools, a 3 s lease, and a webhook for failures and successes. `configure` adds
+    /// the sources and may replace any of that (`.s3_store(..)`, `.pg_bin_dir(..)`).
+    pub async fn start(
         fill_sql: &str,
-        pg_bin_dir: Option<&std::path::Path>,
-        sources: impl FnOnce(&Paths) -> String,
-    ) -> TestEnv {
-        Self::start_full(fill_sql, pg_bin_dir, None, sources).await
-    }
-
-    /// `start`, with the `[storage]` section (and anything after it) that
-    /// `storage` writes into the temporary directory it gets, instead of a local
-    /// directory store.
-    pub async fn start_on_storage(
-        fill_sql: &str,
-        storage: impl FnOnce(&std::path::Path) -> String,
-        sources: impl FnOnce(&Paths) -> String,
-    ) -> TestEnv {
-        Self::start_full(fill_sql, None, Some(Box::new(storage)), sources).await
-    }
-
-    #[allow(clippy::type_complexity)]
-    async fn start_full(
-        fill_sql: &str,
-        pg_bin_dir: Option<&std::path::Path>,
-        storage: Option<Box<dyn FnOnce(&std::path::Path) -> String + '_>>,
-        sources: impl FnOnce(&Paths) -> String,
+        configure: impl FnOnce(&Paths, TestConfig) -> TestConfig,
     ) -> TestEnv {
         let nats = NatsServer::start().await;
         let pg = PgCluster::from_env();
@@ -98,49 +76,20 @@ impl TestEnv {
             db_url: pg.url_without_password(&db.name),
             password_file: dir.path().join("pg-password"),
             wrong_password_file: dir.path().join("pg-wrong-password"),
+            dir: dir.path().to_path_buf(),
         };
         std::fs::write(&paths.password_file, format!("{}\n", pg.password)).unwrap();
         std::fs::write(&paths.wrong_password_file, "definitely-not-the-password\n").unwrap();
         let webhook = HttpReceiver::start().await;
-        let storage = match storage {
-            Some(storage) => storage(dir.path()),
-            None => format!(
-                "[storage]\nkind = \"fs\"\npath = \"{}\"\n",
-                dir.path().join("store").display()
-            ),
-        };
-        let toml = format!(
-            r#"
-[nats]
-url = "{nats}"
-
-[spool]
-path = "{spool}"
-
-{storage}
-
-[http]
-listen = ""
-
-[dumper]
-pg_bin_dir = "{pg_bin}"
-# Short, so a test can watch an abandoned lease expire.
-lease_ttl = "3s"
-
-[[notify]]
-kind = "webhook"
-url = "{hook}"
-on = ["failed", "succeeded"]
-
-{sources}
-"#,
-            nats = nats.url(),
-            spool = dir.path().join("spool").display(),
-            storage = storage,
-            pg_bin = pg_bin_dir.unwrap_or(&pg.bin_dir).display(),
-            hook = webhook.url("/hook"),
-            sources = sources(&paths),
-        );
+        let defaults = TestConfig::new()
+            .nats(nats.url())
+            .dir_spool(&dir.path().join("spool"))
+            .fs_store(&dir.path().join("store"))
+            .pg_bin_dir(&pg.bin_dir)
+            // Short, so a test can watch an abandoned lease expire.
+            .set("dumper", "lease_ttl", "3s")
+            .webhook(webhook.url("/hook"), &["failed", "succeeded"]);
+        let toml = configure(&paths, defaults).to_toml();
         let config = Config::from_toml(&toml)
             .unwrap_or_else(|e| panic!("test config is valid: {e}\n{toml}"));
         let client = nats.client().await;

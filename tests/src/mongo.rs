@@ -15,15 +15,6 @@ use mongodb::{Client, Database};
 
 use crate::TestEnv;
 
-/// A `[[sources]]` entry backing up `databases` of the server at `url`.
-pub fn mongo_source(name: &str, url: &str, databases: &[&str], extra: &str) -> String {
-    let dbs: Vec<String> = databases.iter().map(|d| format!("{d:?}")).collect();
-    format!(
-        "[[sources]]\nname = \"{name}\"\nengine = \"mongodb\"\nurl = \"{url}\"\ndatabases = [{}]\n{extra}\n",
-        dbs.join(", ")
-    )
-}
-
 /// Runs a backup of `source` now and returns its manifest.
 pub async fn backup_now(env: &TestEnv, source: &str, wait: Duration) -> Manifest {
     let outcome = ferry::backup::now(&env.client, source, Some(wait))

@@ -10,7 +10,7 @@ use std::time::Duration;
 use ferry_proto::Message;
 use ferry_proto::subjects::{self, EventKind};
 use ferry_scheduler::ManualReply;
-use ferry_testkit::{HttpReceiver, NatsServer, PgCluster, TestDatabase};
+use ferry_testkit::{HttpReceiver, NatsServer, PgCluster, Source, TestConfig, TestDatabase};
 
 use crate::otlp::OtlpReceiver;
 
@@ -155,56 +155,20 @@ impl Stack {
         let otlp = OtlpReceiver::start().await;
         let webhook = HttpReceiver::start().await;
         let config = dir.path().join("ferry.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[nats]
-url = "{nats}"
-
-[spool]
-path = "{spool}"
-
-[storage]
-kind = "fs"
-path = "{store}"
-
-[dumper]
-pg_bin_dir = "{pg_bin}"
-
-[retry]
-base = "200ms"
-max = "1s"
-
-[[notify]]
-kind = "webhook"
-url = "{hook}"
-on = ["failed", "succeeded"]
-
-[[sources]]
-name = "good"
-engine = "postgres"
-url = "{db_url}"
-password_file = "{good}"
-retention = {{ keep_last = 5 }}
-
-[[sources]]
-name = "bad"
-engine = "postgres"
-url = "{db_url}"
-password_file = "{bad}"
-"#,
-                nats = nats.url(),
-                spool = dir.path().join("spool").display(),
-                store = dir.path().join("store").display(),
-                pg_bin = pg.bin_dir.display(),
-                hook = webhook.url("/hook"),
-                db_url = pg.url_without_password(&db.name),
-                good = good.display(),
-                bad = bad.display(),
-            ),
-        )
-        .unwrap();
+        TestConfig::new()
+            .nats(nats.url())
+            .dir_spool(&dir.path().join("spool"))
+            .fs_store(&dir.path().join("store"))
+            .pg_bin_dir(&pg.bin_dir)
+            .retry("200ms", "1s")
+            .webhook(webhook.url("/hook"), &["failed", "succeeded"])
+            .source(
+                Source::postgres("good", &pg.url_without_password(&db.name))
+                    .password_file(&good)
+                    .keep_last(5),
+            )
+            .postgres_source("bad", &pg.url_without_password(&db.name), &bad)
+            .write(&config);
 
         let mut workers = Vec::new();
         for (name, protocol, log_format) in WORKERS {

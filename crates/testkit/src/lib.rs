@@ -6,6 +6,7 @@
 //! Addresses come from the `FERRY_TEST_*` variables that `scripts/test-services env`
 //! prints, with the same defaults, so `cargo nextest run` works after `up` alone.
 
+pub mod config;
 pub mod http;
 pub mod mongo;
 pub mod nats;
@@ -16,9 +17,10 @@ pub mod smtp;
 use std::future::Future;
 use std::time::Duration;
 
+pub use config::{Source, TestConfig};
 pub use http::{HttpReceiver, ReceivedRequest, Reply};
 pub use mongo::{MongoServer, MongoStart};
-pub use nats::NatsServer;
+pub use nats::{NatsLogin, NatsServer};
 pub use postgres::{PgCluster, TestDatabase};
 pub use s3::{FaultProxy, S3Server};
 pub use smtp::{ReceivedMail, SmtpSink};

@@ -9,6 +9,26 @@ pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// More configuration (users and their permissions, say), kept for `restart`.
+    extra: String,
+    /// The user the kit itself connects as (readiness, [`NatsServer::client`]).
+    login: Option<NatsLogin>,
+}
+
+/// A user name and password on a server started with users.
+#[derive(Debug, Clone)]
+pub struct NatsLogin {
+    /// The user.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl NatsLogin {
+    /// The options that connect as this user.
+    pub fn options(&self) -> async_nats::ConnectOptions {
+        async_nats::ConnectOptions::with_user_and_password(self.user.clone(), self.password.clone())
+    }
 }
 
 /// The nats-server binary: `FERRY_TEST_NATS_SERVER`, then the one
@@ -48,11 +68,20 @@ impl NatsServer {
     /// accepts connections. `max_payload` is raised to 8 MiB so tests can send
     /// oversized job requests that Ferry itself must refuse.
     pub async fn start() -> NatsServer {
+        Self::start_with_config("", None).await
+    }
+
+    /// Starts a server whose configuration file also holds `extra`, e.g. an
+    /// `authorization { users = [...] }` block giving each user its permissions;
+    /// the kit connects as `login` (for readiness and [`NatsServer::client`]).
+    pub async fn start_with_config(extra: &str, login: Option<NatsLogin>) -> NatsServer {
         let dir = tempfile::tempdir().expect("temp dir for nats");
         let mut server = NatsServer {
             child: None,
             port: 0,
             dir,
+            extra: extra.to_string(),
+            login,
         };
         server.spawn().await;
         server
@@ -74,9 +103,10 @@ impl NatsServer {
         std::fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:{listen}\nmax_payload: 8MB\nports_file_dir: {:?}\njetstream {{\n  store_dir: {:?}\n}}\n",
+                "listen: 127.0.0.1:{listen}\nmax_payload: 8MB\nports_file_dir: {:?}\njetstream {{\n  store_dir: {:?}\n}}\n{}\n",
                 ports_dir,
-                self.dir.path().join("js")
+                self.dir.path().join("js"),
+                self.extra,
             ),
         )
         .expect("write nats config");
@@ -107,7 +137,7 @@ impl NatsServer {
         crate::wait_until(
             "nats-server to accept connections",
             Duration::from_secs(20),
-            || async { async_nats::connect(self.url()).await.ok().map(|_| ()) },
+            || async { self.connect().await.ok().map(|_| ()) },
         )
         .await;
     }
@@ -117,11 +147,16 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// A new client connection.
+    /// A new client connection (as the kit's login, when the server has users).
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url())
-            .await
-            .expect("connect to test nats")
+        self.connect().await.expect("connect to test nats")
+    }
+
+    async fn connect(&self) -> Result<async_nats::Client, async_nats::ConnectError> {
+        match &self.login {
+            Some(login) => login.options().connect(self.url()).await,
+            None => async_nats::connect(self.url()).await,
+        }
     }
 
     /// Stops the server (its data stays), e.g. to test readiness.

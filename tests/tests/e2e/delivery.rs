@@ -8,15 +8,12 @@ use ferry_e2e::TestEnv;
 use ferry_proto::Message;
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupFailed, BackupUploaded, JobRequested};
+use ferry_testkit::TestConfig;
 
 const STEP: Duration = Duration::from_secs(90);
 
-fn one_source(p: &ferry_e2e::Paths) -> String {
-    format!(
-        "[[sources]]\nname = \"once\"\nengine = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"\n",
-        p.db_url,
-        p.password_file.display()
-    )
+fn one_source(p: &ferry_e2e::Paths, c: TestConfig) -> TestConfig {
+    c.postgres_source("once", &p.db_url, &p.password_file)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,10 +116,11 @@ async fn count_subject(js: &jetstream::Context, subject: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_database_is_retried_with_backoff_then_fails_for_good() {
     let closed_port = ferry_testkit::free_port();
-    let env = TestEnv::start("", |p| {
-        format!(
-            "[retry]\nbase = \"100ms\"\nmax = \"400ms\"\n\n[[sources]]\nname = \"down\"\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:{closed_port}/x\"\npassword_file = \"{}\"\n",
-            p.password_file.display()
+    let env = TestEnv::start("", |p, c| {
+        c.retry("100ms", "400ms").postgres_source(
+            "down",
+            &format!("postgres://postgres@127.0.0.1:{closed_port}/x"),
+            &p.password_file,
         )
     })
     .await;

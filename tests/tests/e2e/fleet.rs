@@ -12,17 +12,17 @@ use ferry_proto::v1::{DumpCompleted, JobRequested};
 use ferry_runtime::config::SourceConfig;
 use ferry_runtime::{Config, Runtime};
 use ferry_scheduler::clock::{Clock, ManualClock};
-use ferry_testkit::{NatsServer, wait_until};
+use ferry_testkit::{NatsServer, Source, TestConfig, wait_until};
 use tokio_util::sync::CancellationToken;
 
 const STEP: Duration = Duration::from_secs(60);
 
-async fn runtime(nats: &NatsServer, extra: &str) -> Runtime {
-    let config = Config::from_toml(&format!(
-        "[nats]\nurl = \"{}\"\n[http]\nlisten = \"\"\n{extra}",
-        nats.url()
-    ))
-    .unwrap();
+async fn runtime(nats: &NatsServer, sources: &[Source]) -> Runtime {
+    let config = sources
+        .iter()
+        .cloned()
+        .fold(TestConfig::new().nats(nats.url()), TestConfig::source);
+    let config = Config::from_toml(&config.to_toml()).unwrap();
     Runtime::with_client(config, nats.client().await)
         .await
         .unwrap()
@@ -55,10 +55,19 @@ async fn requested(js: &jetstream::Context, source: &str) -> Vec<JobRequested> {
     out
 }
 
+/// A source that is never dumped here: only its schedule matters.
+fn scheduled(name: &str, schedule: &str, tz: &str) -> Source {
+    Source::postgres(name, &format!("postgres://backup@db.internal/{name}"))
+        .schedule(schedule)
+        .timezone(tz)
+}
+
 fn source(name: &str, schedule: &str, tz: &str) -> SourceConfig {
-    Config::from_toml(&format!(
-        "[[sources]]\nname = \"{name}\"\nengine = \"postgres\"\nurl = \"postgres://backup@db.internal/{name}\"\nschedule = \"{schedule}\"\ntimezone = \"{tz}\"\n"
-    ))
+    Config::from_toml(
+        &TestConfig::new()
+            .source(scheduled(name, schedule, tz))
+            .to_toml(),
+    )
     .unwrap()
     .sources
     .remove(0)
@@ -67,12 +76,13 @@ fn source(name: &str, schedule: &str, tz: &str) -> SourceConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_scheduler_replicas_publish_one_job_per_instant() {
     let nats = NatsServer::start().await;
-    let sources = "[[sources]]\nname = \"every-second\"\nengine = \"postgres\"\nurl = \"postgres://backup@db.internal/x\"\nschedule = \"* * * * * *\"\n";
+    let sources = [scheduled("every-second", "* * * * * *", "UTC")];
     let shutdown = CancellationToken::new();
+    let mut schedulers = Vec::new();
     for _ in 0..3 {
         // Three processes' worth of schedulers: separate connections and runtimes.
-        let rt = runtime(&nats, sources).await;
-        tokio::spawn(ferry_scheduler::run(rt, shutdown.clone()));
+        let rt = runtime(&nats, &sources).await;
+        schedulers.push(tokio::spawn(ferry_scheduler::run(rt, shutdown.clone())));
     }
     let js = jetstream::new(nats.client().await);
     wait_until("six instants to fire", STEP, || async {
@@ -80,7 +90,10 @@ async fn three_scheduler_replicas_publish_one_job_per_instant() {
     })
     .await;
     shutdown.cancel();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Stopped: nothing is published any more, so the count below is final.
+    for scheduler in schedulers {
+        scheduler.await.unwrap().unwrap();
+    }
     let jobs = requested(&js, "every-second").await;
     let instants: std::collections::BTreeSet<_> = jobs
         .iter()
@@ -100,14 +113,14 @@ async fn three_scheduler_replicas_publish_one_job_per_instant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sources_added_paused_and_removed_in_the_registry_apply_without_restart() {
     let nats = NatsServer::start().await;
-    let rt = runtime(&nats, "").await;
+    let rt = runtime(&nats, &[]).await;
     let shutdown = CancellationToken::new();
     tokio::spawn(ferry_scheduler::run(rt.clone(), shutdown.clone()));
     let js = jetstream::new(nats.client().await);
     assert!(requested(&js, "live").await.is_empty());
 
     // Another process (the CLI) edits the registry.
-    let cli = runtime(&nats, "").await;
+    let cli = runtime(&nats, &[]).await;
     cli.sources
         .add(&source("live", "* * * * * *", "UTC"))
         .await
@@ -123,6 +136,8 @@ async fn sources_added_paused_and_removed_in_the_registry_apply_without_restart(
     })
     .await;
     let at_pause = requested(&js, "live").await.len();
+    // A real gap on purpose: with an every-second schedule, 2.5 s of silence shows
+    // the pause holds (there is no event to wait for when nothing happens).
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
         requested(&js, "live").await.len() <= at_pause + 1,
@@ -142,6 +157,7 @@ async fn sources_added_paused_and_removed_in_the_registry_apply_without_restart(
     })
     .await;
     let at_removal = requested(&js, "live").await.len();
+    // A real gap on purpose, as for the pause above.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(
         requested(&js, "live").await.len() <= at_removal + 1,
@@ -164,8 +180,7 @@ async fn sources_added_paused_and_removed_in_the_registry_apply_without_restart(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_0230_schedule_fires_once_on_both_daylight_saving_days_with_a_manual_clock() {
     let nats = NatsServer::start().await;
-    let sources = "[[sources]]\nname = \"berlin\"\nengine = \"postgres\"\nurl = \"postgres://backup@db.internal/x\"\nschedule = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\n";
-    let rt = runtime(&nats, sources).await;
+    let rt = runtime(&nats, &[scheduled("berlin", "30 2 * * *", "Europe/Berlin")]).await;
     let start: DateTime<Utc> = "2026-03-28T12:00:00Z".parse().unwrap();
     let clock = Arc::new(ManualClock::new(start));
     let shutdown = CancellationToken::new();
@@ -187,7 +202,14 @@ async fn a_0230_schedule_fires_once_on_both_daylight_saving_days_with_a_manual_c
     };
     // Walk the clock through both changes an hour at a time, jumping over the
     // summer in one step (a suspended machine): the jump runs one job for the
-    // latest missed instant, not one per missed day.
+    // latest missed instant, not one per missed day. Each step waits until the
+    // scheduler has handled it, so no step is seen as a jump of several hours.
+    let caught_up = |clock: Arc<ManualClock>| async move {
+        wait_until("the scheduler to handle the clock's move", STEP, || async {
+            clock.caught_up().then_some(())
+        })
+        .await
+    };
     let walk = |from: DateTime<Utc>, to: &str| {
         let clock = clock.clone();
         let to: DateTime<Utc> = to.parse().unwrap();
@@ -196,11 +218,12 @@ async fn a_0230_schedule_fires_once_on_both_daylight_saving_days_with_a_manual_c
             while t < to {
                 t += chrono::Duration::hours(1);
                 clock.set(t);
-                tokio::time::sleep(Duration::from_millis(15)).await;
+                caught_up(clock.clone()).await;
             }
             t
         }
     };
+    caught_up(clock.clone()).await;
     walk(start, "2026-03-30T12:00:00Z").await;
     fired(2).await;
     let after_summer: DateTime<Utc> = "2026-10-24T12:00:00Z".parse().unwrap();
@@ -208,7 +231,8 @@ async fn a_0230_schedule_fires_once_on_both_daylight_saving_days_with_a_manual_c
     fired(3).await;
     walk(after_summer, "2026-10-26T12:00:00Z").await;
     fired(5).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Caught up after the last step: every job due has been published.
+    caught_up(clock.clone()).await;
     let instants: Vec<String> = requested(&js, "berlin")
         .await
         .iter()
@@ -231,17 +255,19 @@ async fn a_0230_schedule_fires_once_on_both_daylight_saving_days_with_a_manual_c
     shutdown.cancel();
 }
 
-/// A pg_dump that holds its job for a while before running the real one, so two
-/// jobs of one source overlap in time.
-fn slow_pg_dump(dir: &std::path::Path, real: &std::path::Path) -> std::path::PathBuf {
-    let bin = dir.join("slow-bin");
+/// A pg_dump that holds its job until the test lets it go: each dump (not
+/// `--version`) appends a line to `started` in `dir`, then waits for `release` there
+/// before running the real one, so the test decides when two jobs overlap.
+fn held_pg_dump(dir: &std::path::Path, real: &std::path::Path) -> std::path::PathBuf {
+    let bin = dir.join("held-bin");
     std::fs::create_dir_all(&bin).unwrap();
     let script = bin.join("pg_dump");
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\ncase \"$1\" in --version) ;; *) sleep 2 ;; esac\nexec {} \"$@\"\n",
-            real.join("pg_dump").display()
+            "#!/bin/sh\ncase \"$1\" in --version) ;; *) echo started >> '{dir}/started'; while [ ! -e '{dir}/release' ]; do sleep 0.05; done ;; esac\nexec {real} \"$@\"\n",
+            dir = dir.display(),
+            real = real.join("pg_dump").display()
         ),
     )
     .unwrap();
@@ -250,24 +276,56 @@ fn slow_pg_dump(dir: &std::path::Path, real: &std::path::Path) -> std::path::Pat
     bin
 }
 
+/// How many dumps the held pg_dump has started.
+fn dumps_started(dir: &std::path::Path) -> usize {
+    std::fs::read_to_string(dir.join("started"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+/// Jobs the dumpers hold (delivered, not yet acknowledged), over both lanes.
+async fn jobs_in_dumpers(js: &jetstream::Context) -> i64 {
+    let stream = js.get_stream(subjects::JOBS_STREAM).await.unwrap();
+    let mut held = 0;
+    for durable in ["ferry-dumper", "ferry-dumper-high"] {
+        if let Ok(mut consumer) = stream
+            .get_consumer::<jetstream::consumer::pull::Config>(durable)
+            .await
+        {
+            held += consumer.info().await.unwrap().num_ack_pending as i64;
+        }
+    }
+    held
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_jobs_for_one_source_never_dump_at_the_same_time() {
     let pg = ferry_testkit::PgCluster::from_env();
     let scratch = tempfile::tempdir().unwrap();
-    let slow = slow_pg_dump(scratch.path(), &pg.bin_dir);
-    let mut env = ferry_e2e::TestEnv::start_with("CREATE TABLE t (id int);", Some(&slow), |p| {
-        format!(
-            "[[sources]]\nname = \"skipper\"\nengine = \"postgres\"\nurl = \"{url}\"\npassword_file = \"{pw}\"\n\n[[sources]]\nname = \"queuer\"\nengine = \"postgres\"\nurl = \"{url}\"\npassword_file = \"{pw}\"\non_overlap = \"queue\"\n",
-            url = p.db_url,
-            pw = p.password_file.display()
-        )
+    let held = held_pg_dump(scratch.path(), &pg.bin_dir);
+    let release = scratch.path().join("release");
+    let mut env = ferry_e2e::TestEnv::start("CREATE TABLE t (id int);", |p, c| {
+        c.pg_bin_dir(&held)
+            .postgres_source("skipper", &p.db_url, &p.password_file)
+            .source(
+                Source::postgres("queuer", &p.db_url)
+                    .password_file(&p.password_file)
+                    .set("on_overlap", "queue"),
+            )
     })
     .await;
     let client = env.client.clone();
-    // skip: the second job while the first dumps ends as already_running.
+    let js = jetstream::new(client.clone());
+    // skip: a second job while the first dumps (holding the lease) ends as
+    // already_running; then the first is let go.
     let (a, b) = tokio::join!(ferry::backup::now(&client, "skipper", Some(STEP)), async {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        ferry::backup::now(&client, "skipper", Some(STEP)).await
+        wait_until("the first dump to start", STEP, || async {
+            (dumps_started(scratch.path()) == 1).then_some(())
+        })
+        .await;
+        let b = ferry::backup::now(&client, "skipper", Some(STEP)).await;
+        std::fs::write(&release, "").unwrap();
+        b
     });
     assert!(matches!(a.unwrap(), ferry::backup::Outcome::Succeeded(_)));
     let ferry::backup::Outcome::Failed(skipped) = b.unwrap() else {
@@ -280,10 +338,23 @@ async fn two_jobs_for_one_source_never_dump_at_the_same_time() {
         skipped.message
     );
 
-    // queue: both succeed, one after the other.
+    // queue: a second job that reaches a dumper while the first dumps waits for
+    // the lease; both succeed, one after the other.
+    std::fs::remove_file(&release).unwrap();
+    let before = dumps_started(scratch.path());
     let (a, b) = tokio::join!(ferry::backup::now(&client, "queuer", Some(STEP)), async {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        ferry::backup::now(&client, "queuer", Some(STEP)).await
+        wait_until("the first queued dump to start", STEP, || async {
+            (dumps_started(scratch.path()) > before).then_some(())
+        })
+        .await;
+        let (b, ()) = tokio::join!(ferry::backup::now(&client, "queuer", Some(STEP)), async {
+            wait_until("a dumper to hold both jobs", STEP, || async {
+                (jobs_in_dumpers(&js).await >= 2).then_some(())
+            })
+            .await;
+            std::fs::write(&release, "").unwrap();
+        });
+        b
     });
     let (ferry::backup::Outcome::Succeeded(a), ferry::backup::Outcome::Succeeded(b)) =
         (a.unwrap(), b.unwrap())
@@ -321,11 +392,11 @@ async fn two_jobs_for_one_source_never_dump_at_the_same_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_dumpers_lease_expires_and_the_next_job_runs() {
-    let env = ferry_e2e::TestEnv::start_with("CREATE TABLE t (id int);", None, |p| {
-        format!(
-            "[[sources]]\nname = \"orphaned\"\nengine = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"\non_overlap = \"queue\"\n",
-            p.db_url,
-            p.password_file.display()
+    let env = ferry_e2e::TestEnv::start("CREATE TABLE t (id int);", |p, c| {
+        c.source(
+            Source::postgres("orphaned", &p.db_url)
+                .password_file(&p.password_file)
+                .set("on_overlap", "queue"),
         )
     })
     .await;

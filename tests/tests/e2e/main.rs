@@ -16,4 +16,5 @@ mod pipeline;
 mod postgres_failures;
 mod postgres_roundtrip;
 mod storage;
+mod uploader_replicas;
 mod workers;

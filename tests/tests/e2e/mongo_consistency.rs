@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use ferry::restore::mongo::{MongoRestoreOptions, restore};
 use ferry_e2e::TestEnv;
-use ferry_e2e::mongo::{backup_now, mongo_source};
-use ferry_testkit::{MongoServer, MongoStart};
+use ferry_e2e::mongo::backup_now;
+use ferry_testkit::{MongoServer, MongoStart, Source};
 use futures::TryStreamExt;
 use mongodb::bson::{Document, RawDocumentBuf, Timestamp, doc};
 use rand::Rng;
@@ -97,7 +97,10 @@ async fn writes_during_the_dump_restore_to_the_recorded_instant() {
         }
     });
 
-    let env = TestEnv::start("", |_| mongo_source("shop", server.url(), &["shop"], "")).await;
+    let env = TestEnv::start("", |_, c| {
+        c.source(Source::mongodb("shop", server.url(), &["shop"]))
+    })
+    .await;
     let manifest = backup_now(&env, "shop", STEP).await;
     stop.store(true, Ordering::Relaxed);
     let log = writer.await.unwrap();
@@ -190,8 +193,8 @@ async fn a_dump_past_its_timeout_fails_as_timeout() {
         })
         .await
         .unwrap();
-    let env = TestEnv::start("", |_| {
-        mongo_source("slow", server.url(), &["slow"], "timeout = \"3s\"")
+    let env = TestEnv::start("", |_, c| {
+        c.source(Source::mongodb("slow", server.url(), &["slow"]).set("timeout", "3s"))
     })
     .await;
     let outcome = ferry::backup::now(&env.client, "slow", Some(STEP))

@@ -8,10 +8,9 @@ use std::time::Duration;
 use ferry::restore::mongo::{MongoRestoreOptions, restore};
 use ferry_e2e::TestEnv;
 use ferry_e2e::mongo::{
-    backup_now, every_bson_type, mongo_source, near_limit_document, raw_documents, shape,
-    shared_client,
+    backup_now, every_bson_type, near_limit_document, raw_documents, shape, shared_client,
 };
-use ferry_testkit::unique_name;
+use ferry_testkit::{Source, unique_name};
 use mongodb::IndexModel;
 use mongodb::bson::{Document, RawDocumentBuf, doc};
 use mongodb::options::IndexOptions;
@@ -110,8 +109,8 @@ async fn awkward_data_round_trips_byte_for_byte_with_indexes_and_options() {
     let db = client.database(&source_db);
     fill(&db).await;
 
-    let env = TestEnv::start("", |_| {
-        mongo_source("catalog", server.url(), &[&source_db], "")
+    let env = TestEnv::start("", |_, c| {
+        c.source(Source::mongodb("catalog", server.url(), &[&source_db]))
     })
     .await;
     let manifest = backup_now(&env, "catalog", STEP).await;
@@ -244,8 +243,8 @@ async fn a_million_small_documents_round_trip() {
         coll.insert_many(batch).ordered(false).await.unwrap();
     }
 
-    let env = TestEnv::start("", |_| {
-        mongo_source("events", server.url(), &[&source_db], "")
+    let env = TestEnv::start("", |_, c| {
+        c.source(Source::mongodb("events", server.url(), &[&source_db]))
     })
     .await;
     let manifest = backup_now(&env, "events", Duration::from_secs(600)).await;

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use ferry::backup::Outcome;
 use ferry_e2e::SAMPLE_SQL;
+use ferry_runtime::jobstate::{JobRecord, JobState};
 use ferry_runtime::{Config, Runtime};
 use ferry_storage::spool::{NatsSpool, Spool};
-use ferry_testkit::{NatsServer, PgCluster, S3Server, unique_name};
+use ferry_testkit::{NatsServer, PgCluster, S3Server, TestConfig, unique_name};
 use tokio_util::sync::CancellationToken;
 
 const STEP: Duration = Duration::from_secs(120);
@@ -37,50 +38,13 @@ fn machine_config(shared: &Shared<'_>, machine: &str) -> Config {
         prefix,
         password_file,
     } = shared;
-    let (id, secret) = server.write_key_files(dir);
-    let toml = format!(
-        r#"
-[nats]
-url = "{nats}"
-
-[spool]
-kind = "nats"
-path = "{spool}"
-node = "{machine}"
-
-[storage]
-kind = "s3"
-bucket = "{bucket}"
-prefix = "{prefix}"
-endpoint = "{endpoint}"
-region = "{region}"
-force_path_style = true
-access_key_id_file = "{id}"
-secret_access_key_file = "{secret}"
-
-[http]
-listen = ""
-
-[dumper]
-pg_bin_dir = "{pg_bin}"
-
-[[sources]]
-name = "orders"
-engine = "postgres"
-url = "{db_url}"
-password_file = "{pw}"
-"#,
-        nats = nats.url(),
-        spool = dir.join(machine).join("spool").display(),
-        bucket = server.bucket,
-        endpoint = server.endpoint,
-        region = server.region,
-        id = id.display(),
-        secret = secret.display(),
-        pg_bin = pg.bin_dir.display(),
-        db_url = pg.url_without_password(db_name),
-        pw = password_file.display(),
-    );
+    let toml = TestConfig::new()
+        .nats(nats.url())
+        .nats_spool(&dir.join(machine).join("spool"), machine)
+        .s3_store(server, prefix, dir)
+        .pg_bin_dir(&pg.bin_dir)
+        .postgres_source("orders", &pg.url_without_password(db_name), password_file)
+        .to_toml();
     Config::from_toml(&toml).unwrap_or_else(|e| panic!("test config is valid: {e}\n{toml}"))
 }
 
@@ -163,8 +127,8 @@ async fn a_dumper_and_an_uploader_without_a_shared_disk_make_a_restorable_backup
     assert!(problems.is_empty(), "{problems:?}");
 
     // Nothing crossed a disk: the uploader's spool directory never held a file, the
-    // dumper's is empty again, and the bucket no longer holds the job (files or
-    // marker) once the manifest is committed.
+    // dumper's is empty again, and the bucket no longer holds the job's files once
+    // the manifest is committed; the job's record says so.
     assert_eq!(
         files_under(&dir.path().join("upload-host")),
         Vec::<String>::new()
@@ -176,8 +140,10 @@ async fn a_dumper_and_an_uploader_without_a_shared_disk_make_a_restorable_backup
     let bucket = NatsSpool::open(&other_rt.jetstream, &uploader_config.spool.bucket, 1)
         .await
         .unwrap();
+    let job_state = JobState::open(&other_rt.jetstream).await.unwrap();
     ferry_testkit::wait_until("the spool bucket to drop the job", STEP, || async {
-        let mut left = bucket.marker(&uploaded.job_id).await.unwrap().is_some();
+        let record = job_state.get(&uploaded.job_id).await.unwrap();
+        let mut left = !matches!(record, Some(JobRecord::Committed { .. }));
         for file in &manifest.files {
             left |= bucket.has_file(&uploaded.job_id, &file.name).await.unwrap();
         }

@@ -10,6 +10,7 @@ use ferry_proto::subjects::EventKind;
 use ferry_proto::v1::{BackupFailed, BackupUploaded, RetentionApplied};
 use ferry_storage::layout::manifest_key;
 use ferry_storage::{Manifest, get_bytes};
+use ferry_testkit::Source;
 use opentelemetry_sdk::trace::InMemorySpanExporter;
 use sha2::{Digest, Sha256};
 
@@ -30,19 +31,12 @@ async fn scheduled_backup_is_committed_restorable_notified_and_traced() {
     // A 6-field cron that fires once, a few seconds from now.
     let at = Utc::now() + chrono::Duration::seconds(4);
     let schedule = format!("{} {} {} * * *", at.second(), at.minute(), at.hour());
-    let mut env = TestEnv::start(SAMPLE_SQL, |p| {
-        format!(
-            r#"
-[[sources]]
-name = "orders"
-engine = "postgres"
-url = "{url}"
-password_file = "{pw}"
-schedule = "{schedule}"
-retention = {{ keep_last = 3 }}
-"#,
-            url = p.db_url,
-            pw = p.password_file.display()
+    let mut env = TestEnv::start(SAMPLE_SQL, |p, c| {
+        c.source(
+            Source::postgres("orders", &p.db_url)
+                .password_file(&p.password_file)
+                .schedule(&schedule)
+                .keep_last(3),
         )
     })
     .await;
@@ -191,18 +185,8 @@ retention = {{ keep_last = 3 }}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_fails_with_a_clear_reason_and_is_notified() {
-    let env = TestEnv::start("CREATE TABLE t (id int);", |p| {
-        format!(
-            r#"
-[[sources]]
-name = "badpw"
-engine = "postgres"
-url = "{url}"
-password_file = "{pw}"
-"#,
-            url = p.db_url,
-            pw = p.wrong_password_file.display()
-        )
+    let env = TestEnv::start("CREATE TABLE t (id int);", |p, c| {
+        c.postgres_source("badpw", &p.db_url, &p.wrong_password_file)
     })
     .await;
     let outcome = ferry::backup::now(&env.client, "badpw", Some(STEP))
@@ -235,13 +219,10 @@ password_file = "{pw}"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_job_from_a_raw_nats_client_produces_a_backup() {
-    let env = TestEnv::start("CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2);", |p| {
-        format!(
-            "[[sources]]\nname = \"manual\"\nengine = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"\n",
-            p.db_url,
-            p.password_file.display()
-        )
-    })
+    let env = TestEnv::start(
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2);",
+        |p, c| c.postgres_source("manual", &p.db_url, &p.password_file),
+    )
     .await;
     // A raw client, no Ferry code: what `nats pub ferry.v1.jobs.request '{"source":"manual"}'` does.
     let raw = async_nats::connect(env.nats.url()).await.unwrap();
@@ -292,12 +273,8 @@ async fn json_job_from_a_raw_nats_client_produces_a_backup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_requests_are_reported_and_leave_every_worker_running() {
-    let env = TestEnv::start("CREATE TABLE t (id int);", |p| {
-        format!(
-            "[[sources]]\nname = \"good\"\nengine = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"\n",
-            p.db_url,
-            p.password_file.display()
-        )
+    let env = TestEnv::start("CREATE TABLE t (id int);", |p, c| {
+        c.postgres_source("good", &p.db_url, &p.password_file)
     })
     .await;
     let raw = async_nats::connect(env.nats.url()).await.unwrap();

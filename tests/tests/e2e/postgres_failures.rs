@@ -9,18 +9,20 @@ use ferry_e2e::{Paths, TestEnv};
 use ferry_proto::reason;
 use ferry_proto::subjects::EventKind;
 use ferry_proto::v1::BackupFailed;
+use ferry_testkit::{Source, TestConfig};
 
 const STEP: Duration = Duration::from_secs(90);
 
-fn source(name: &str, url: &str, password_file: &Path, extra: &str) -> String {
-    format!(
-        "[[sources]]\nname = \"{name}\"\nengine = \"postgres\"\nurl = \"{url}\"\npassword_file = \"{}\"\n{extra}\n",
-        password_file.display()
-    )
+fn source(name: &str, url: &str, password_file: &Path) -> Source {
+    Source::postgres(name, url).password_file(password_file)
 }
 
-fn plain(name: &'static str, extra: &'static str) -> impl FnOnce(&Paths) -> String {
-    move |p| source(name, &p.db_url, &p.password_file, extra)
+/// The test database as source `name`, with `more` of its keys.
+fn plain(
+    name: &'static str,
+    more: impl FnOnce(Source) -> Source,
+) -> impl FnOnce(&Paths, TestConfig) -> TestConfig {
+    move |p, c| c.source(more(source(name, &p.db_url, &p.password_file)))
 }
 
 /// Starts a job and returns its first failure (retryable ones are retried later,
@@ -56,14 +58,13 @@ fn process_mentions(needle: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_server_is_reported() {
-    let env = TestEnv::start("", |p| {
+    let env = TestEnv::start("", |p, c| {
         // Port 1 on loopback: nothing listens there.
-        source(
+        c.source(source(
             "down",
             "postgres://postgres@127.0.0.1:1/x",
             &p.password_file,
-            "",
-        )
+        ))
     })
     .await;
     let failed = first_failure(&env, "down").await;
@@ -73,7 +74,11 @@ async fn an_unreachable_server_is_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_database_is_reported() {
-    let env = TestEnv::start("", plain("nodb", "databases = [\"ferry_no_such_db\"]")).await;
+    let env = TestEnv::start(
+        "",
+        plain("nodb", |s| s.set("databases", vec!["ferry_no_such_db"])),
+    )
+    .await;
     let failed = first_failure(&env, "nodb").await;
     assert_eq!(
         failed.reason,
@@ -99,9 +104,9 @@ async fn a_table_the_role_cannot_read_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("limited");
     std::fs::write(&pw, "limited-pw\n").unwrap();
-    let env = TestEnv::start(&fill, |p| {
+    let env = TestEnv::start(&fill, |p, c| {
         let url = p.db_url.replacen("postgres@", &format!("{role}@"), 1);
-        source("limited", &url, &pw, "")
+        c.source(source("limited", &url, &pw))
     })
     .await;
     let failed = first_failure(&env, "limited").await;
@@ -122,7 +127,11 @@ async fn a_table_the_role_cannot_read_is_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_pg_dump_is_reported() {
     let empty = tempfile::tempdir().unwrap();
-    let env = TestEnv::start_with("", Some(empty.path()), plain("notool", "")).await;
+    let env = TestEnv::start("", |p, c| {
+        c.pg_bin_dir(empty.path())
+            .source(source("notool", &p.db_url, &p.password_file))
+    })
+    .await;
     let failed = first_failure(&env, "notool").await;
     assert_eq!(
         failed.reason,
@@ -142,7 +151,11 @@ async fn a_pg_dump_older_than_the_server_is_refused_naming_both_versions() {
     let script = old.path().join("pg_dump");
     std::fs::write(&script, "#!/bin/sh\necho 'pg_dump (PostgreSQL) 12.22'\n").unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let env = TestEnv::start_with("", Some(old.path()), plain("oldtool", "")).await;
+    let env = TestEnv::start("", |p, c| {
+        c.pg_bin_dir(old.path())
+            .source(source("oldtool", &p.db_url, &p.password_file))
+    })
+    .await;
     let failed = first_failure(&env, "oldtool").await;
     assert_eq!(
         failed.reason,
@@ -175,7 +188,7 @@ async fn a_full_spool_is_reported_and_left_clean() {
     // ~6 MB of hex text, staged uncompressed: more than the 1 MB spool holds.
     let env = TestEnv::start(
         "CREATE TABLE big AS SELECT g, md5(g::text) || md5((g + 1)::text) AS v FROM generate_series(1, 90000) g;",
-        plain("full", ""),
+        plain("full", |s| s),
     )
     .await;
     let spool = env.dir.path().join("spool");
@@ -200,7 +213,7 @@ async fn a_full_spool_is_reported_and_left_clean() {
 async fn a_dump_past_its_timeout_is_killed_and_cleaned_up() {
     let env = TestEnv::start(
         "CREATE TABLE held (id int); INSERT INTO held VALUES (1);",
-        plain("slow", "timeout = \"3s\""),
+        plain("slow", |s| s.set("timeout", "3s")),
     )
     .await;
     // An open transaction holding an exclusive lock: pg_dump waits for it forever.

@@ -9,7 +9,7 @@ use ferry_proto::subjects::EventKind;
 use ferry_proto::v1::{BackupUploaded, DumpFileReady};
 use ferry_storage::layout::manifest_key;
 use ferry_storage::{Manifest, get_bytes};
-use ferry_testkit::TestDatabase;
+use ferry_testkit::{Source, TestDatabase};
 
 const STEP: Duration = Duration::from_secs(240);
 
@@ -104,12 +104,8 @@ ANALYZE;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_awkward_database_restores_exactly() {
-    let env = TestEnv::start(AWKWARD_SQL, |p| {
-        format!(
-            "[[sources]]\nname = \"awkward\"\nengine = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"\n",
-            p.db_url,
-            p.password_file.display()
-        )
+    let env = TestEnv::start(AWKWARD_SQL, |p, c| {
+        c.postgres_source("awkward", &p.db_url, &p.password_file)
     })
     .await;
     let outcome = ferry::backup::now(&env.client, "awkward", Some(STEP))
@@ -183,11 +179,13 @@ async fn one_table_restores_alone_and_globals_and_every_database_are_dumped() {
     let env = TestEnv::start(
         "CREATE SCHEMA s; CREATE TABLE s.a (id int PRIMARY KEY); INSERT INTO s.a SELECT generate_series(1, 100);\
          CREATE TABLE s.b (id int); INSERT INTO s.b VALUES (1);",
-        |p| {
-            format!(
-                "[[sources]]\nname = \"all\"\nengine = \"postgres\"\nurl = \"{}\"\npassword_file = \"{}\"\ndatabases = [\"*\"]\nglobals = true\nexclude_tables = [\"s.b\"]\n",
-                p.db_url,
-                p.password_file.display()
+        |p, c| {
+            c.source(
+                Source::postgres("all", &p.db_url)
+                    .password_file(&p.password_file)
+                    .set("databases", vec!["*"])
+                    .set("globals", true)
+                    .set("exclude_tables", vec!["s.b"]),
             )
         },
     )

@@ -12,44 +12,10 @@ const STEP: Duration = Duration::from_secs(120);
 
 async fn s3_env() -> TestEnv {
     let server = S3Server::moto().await;
-    TestEnv::start_on_storage(
-        SAMPLE_SQL,
-        |dir| {
-            let (id, secret) = server.write_key_files(dir);
-            format!(
-                r#"
-[storage]
-kind = "s3"
-bucket = "{bucket}"
-prefix = "{prefix}"
-endpoint = "{endpoint}"
-region = "{region}"
-force_path_style = true
-access_key_id_file = "{id}"
-secret_access_key_file = "{secret}"
-"#,
-                bucket = server.bucket,
-                prefix = unique_name("e2e"),
-                endpoint = server.endpoint,
-                region = server.region,
-                id = id.display(),
-                secret = secret.display(),
-            )
-        },
-        |p| {
-            format!(
-                r#"
-[[sources]]
-name = "orders"
-engine = "postgres"
-url = "{url}"
-password_file = "{pw}"
-"#,
-                url = p.db_url,
-                pw = p.password_file.display()
-            )
-        },
-    )
+    TestEnv::start(SAMPLE_SQL, |p, c| {
+        c.s3_store(&server, &unique_name("e2e"), &p.dir)
+            .postgres_source("orders", &p.db_url, &p.password_file)
+    })
     .await
 }
 

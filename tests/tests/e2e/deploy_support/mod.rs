@@ -72,7 +72,9 @@ pub fn worker_binaries() -> BTreeSet<String> {
 /// Secret provides it: checked with [`secret_env_vars`]).
 pub fn checked_config(text: &str, what: &str) -> Config {
     let config: Config = toml::from_str(text).unwrap_or_else(|e| panic!("{what}: {e}"));
-    if let Err(e) = Config::from_toml(text) {
+    // Every service's section too, as `ferry up` checks them.
+    let sections = ferry_runtime::process::sections_of(ferry::SERVICES);
+    if let Err(e) = Config::from_toml_with(text, &sections) {
         let real: Vec<String> = e
             .problems
             .iter()
@@ -108,7 +110,10 @@ pub fn secret_env_vars(config: &Config) -> BTreeSet<String> {
     for source in &config.sources {
         vars.extend(source.password_env.clone());
     }
-    for channel in &config.notify {
+    let channels = config
+        .section_unvalidated::<ferry_notifier::config::NotifyChannels>()
+        .expect("checked by checked_config");
+    for channel in &channels.0 {
         vars.extend(channel.url_env.clone());
         vars.extend(channel.secret_env.clone());
         vars.extend(channel.password_env.clone());
@@ -130,7 +135,8 @@ pub fn check_env_override(var: &str) {
         section.to_lowercase(),
         key.to_lowercase()
     );
-    if let Err(e) = toml::from_str::<Config>(&doc) {
+    let sections = ferry_runtime::process::sections_of(ferry::SERVICES);
+    if let Err(e) = Config::from_toml_with(&doc, &sections) {
         assert!(
             !e.to_string().contains("unknown field"),
             "{var} names no configuration key: {e}"
