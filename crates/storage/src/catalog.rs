@@ -12,6 +12,9 @@
 //! second are ordered by their manifests' start times, then by id. A manifest
 //! whose id carries no time is read once for its completion time.
 //!
+//! Point-in-time records (segments of captured changes and gaps, see [`crate::pitr`])
+//! are listed, read, committed and checked into a [`Timeline`] here too.
+//!
 //! Memory: listings are streamed page by page; what is held is one source's
 //! backup entries (bounded by its retention policy), never the bucket's objects.
 
@@ -23,6 +26,10 @@ use serde::Serialize;
 
 use crate::layout::{
     self, BACKUPS_PREFIX, KeyKind, OBJECTS_PREFIX, keep_mark_key, manifest_key, source_prefix,
+};
+use crate::pitr::{
+    GapRecord, PITR_PREFIX, RecordKey, RecordKind, SegmentRecord, Timeline, TimelineRecord,
+    gap_key, parse_pitr_key, pitr_prefix, segment_key,
 };
 use crate::{ListPages, Manifest, ObjectStore, StorageError, get_bytes};
 
@@ -64,8 +71,8 @@ pub enum CatalogError {
         /// The id asked for.
         backup_id: String,
     },
-    /// The manifest exists but cannot be read as one.
-    #[error("manifest {key} is unreadable: {why}")]
+    /// The manifest (or point-in-time record) exists but cannot be read as one.
+    #[error("{} {key} is unreadable: {why}", if key.starts_with(PITR_PREFIX) { "record" } else { "manifest" })]
     Unreadable {
         /// Its key.
         key: String,
@@ -325,6 +332,139 @@ impl<'a> Catalog<'a> {
     /// Every stored data object, page by page.
     pub fn objects(&self) -> ListPages<'a> {
         self.store.list(OBJECTS_PREFIX)
+    }
+
+    /// Every point-in-time record of `source` (segments and gaps), in time order,
+    /// from the listing alone. What is held is the records' spans (about 50 bytes
+    /// each), bounded by what retention keeps.
+    pub async fn pitr_records(&self, source: &str) -> Result<Vec<RecordKey>, StorageError> {
+        let prefix = pitr_prefix(source);
+        let mut records = Vec::new();
+        let mut pages = self.store.list(&prefix);
+        while let Some(page) = pages.try_next().await? {
+            records.extend(
+                page.iter()
+                    .filter_map(|meta| parse_pitr_key(&meta.key))
+                    .filter(|r| r.source == source),
+            );
+        }
+        // Not every store lists in key order (a local directory does not).
+        records.sort_by_key(|r| (r.start, r.end, r.kind));
+        Ok(records)
+    }
+
+    /// The segment record at `key`, `None` when it is not (or no longer) there.
+    pub async fn read_segment(&self, key: &str) -> Result<Option<SegmentRecord>, CatalogError> {
+        self.read_record(key).await
+    }
+
+    /// The gap record at `key`, `None` when it is not (or no longer) there.
+    pub async fn read_gap(&self, key: &str) -> Result<Option<GapRecord>, CatalogError> {
+        self.read_record(key).await
+    }
+
+    async fn read_record<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, CatalogError> {
+        let bytes = match get_bytes(self.store, key).await {
+            Ok(b) => b,
+            Err(StorageError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| CatalogError::Unreadable {
+                key: key.to_string(),
+                why: e.to_string(),
+            })
+    }
+
+    /// Writes a segment record, the commit point of its segment (its object is
+    /// stored before), unless one is already there; `false` when it was.
+    pub async fn commit_segment(&self, record: &SegmentRecord) -> Result<bool, StorageError> {
+        let key = segment_key(&record.source, record.start, record.end);
+        let json = serde_json::to_vec_pretty(record).expect("a segment record serialises");
+        self.store.put_if_absent(&key, json.into()).await
+    }
+
+    /// Writes a gap record unless one is already there; `false` when it was.
+    pub async fn record_gap(&self, gap: &GapRecord) -> Result<bool, StorageError> {
+        let key = gap_key(&gap.source, gap.start, gap.end);
+        let json = serde_json::to_vec_pretty(gap).expect("a gap record serialises");
+        self.store.put_if_absent(&key, json.into()).await
+    }
+
+    /// The newest committed segment of `source`: where capture resumes.
+    pub async fn last_segment(&self, source: &str) -> Result<Option<SegmentRecord>, CatalogError> {
+        let records = self.pitr_records(source).await?;
+        for record in records.iter().rev() {
+            if record.kind == RecordKind::Segment
+                && let Some(segment) = self.read_segment(&record.key()).await?
+            {
+                return Ok(Some(segment));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The restorable windows and the gaps of `source`, every record read (a few
+    /// at a time) and checked link by link. An unreadable record is an error
+    /// naming it: a window cannot be vouched for without it.
+    pub async fn timeline(&self, source: &str) -> Result<Timeline, CatalogError> {
+        let records = self.pitr_records(source).await?;
+        let catalog = *self;
+        let mut read = futures::stream::iter(records)
+            .map(move |record| async move {
+                let key = record.key();
+                match record.kind {
+                    RecordKind::Segment => catalog
+                        .read_segment(&key)
+                        .await
+                        .map(|s| s.map(|s| TimelineRecord::Segment((&s).into()))),
+                    RecordKind::Gap => catalog
+                        .read_gap(&key)
+                        .await
+                        .map(|g| g.map(TimelineRecord::Gap)),
+                }
+            })
+            .buffered(READ_CONCURRENCY);
+        let mut summaries = Vec::new();
+        while let Some(record) = read.next().await {
+            // `None`: deleted by retention since the listing.
+            if let Some(record) = record? {
+                summaries.push(record);
+            }
+        }
+        Ok(Timeline::build(summaries))
+    }
+
+    /// The key of every record that references objects (manifests and segment
+    /// records of every source), page by page: garbage collection must see
+    /// whatever might reference an object.
+    pub fn reference_keys(&self) -> impl Stream<Item = Result<Vec<String>, StorageError>> + 'a {
+        self.manifest_keys()
+            .chain(self.store.list(PITR_PREFIX).map_ok(|page| {
+                page.into_iter()
+                    .map(|m| m.key)
+                    .filter(|k| k.ends_with(".json") && !k.ends_with(".gap.json"))
+                    .collect()
+            }))
+    }
+
+    /// The objects the record at `key` (a manifest or a segment record)
+    /// references; `None` when it is gone.
+    pub async fn objects_referenced_by(
+        &self,
+        key: &str,
+    ) -> Result<Option<Vec<String>>, CatalogError> {
+        if key.starts_with(PITR_PREFIX) {
+            return Ok(self.read_segment(key).await?.map(|s| vec![s.object]));
+        }
+        Ok(self
+            .read_key(key)
+            .await?
+            .map(|m| m.files.into_iter().map(|f| f.object).collect()))
     }
 }
 

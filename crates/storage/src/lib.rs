@@ -6,13 +6,16 @@
 //! Layout under the configured prefix:
 //! - `objects/<sha256>`: content-addressed data files, stored once across backups;
 //! - `backups/<source>/<backup-id>.json`: manifests, written last: a backup exists
-//!   only when its manifest does.
+//!   only when its manifest does;
+//! - `pitr/<source>/<start>-<end>.json` (and `.gap.json`): segments of captured
+//!   changes and gaps between base backups (see [`pitr`]).
 
 pub mod catalog;
 mod fs;
 mod fs_multipart;
 pub mod layout;
 pub mod manifest;
+pub mod pitr;
 pub mod retry;
 mod s3;
 mod s3_error;

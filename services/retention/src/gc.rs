@@ -3,15 +3,15 @@
 //! Objects are shared between backups, so an object may go only when no manifest
 //! of any source references it. The order of the steps is what makes it safe:
 //!
-//! 1. Read every manifest (through the catalog) into the referenced set, and note
-//!    which manifests were read.
+//! 1. Read every manifest and every point-in-time segment record (through the
+//!    catalog) into the referenced set, and note which records were read.
 //! 2. Stream the object listing page by page; an object is a candidate when it is
 //!    older than the grace period (an upload in flight has objects but no manifest
 //!    yet, and its objects are young) and not referenced. Candidates are handed
 //!    (as digests) to the deletion `max_candidates` at a time, and the listing goes
 //!    on while the deletion works: steps 3 and 4 overlap the listing.
-//! 3. Then list the manifests again and read the ones not read yet: a backup
-//!    committed since step 1, reusing an old object, protects it. Every manifest
+//! 3. Then list the records again and read the ones not read yet: a backup (or a
+//!    segment) committed since step 1, reusing an old object, protects it. Every manifest
 //!    committed before this check protects its objects, as in a collection that
 //!    reads the manifests after listing every object.
 //! 4. Re-check each remaining candidate just before deleting it: an uploader that
@@ -67,7 +67,7 @@ pub const MAX_CANDIDATES: usize = 100_000;
 pub struct GcOutcome {
     /// Objects listed.
     pub objects_seen: u64,
-    /// Manifests read.
+    /// Records read: manifests, and segment records of point-in-time capture.
     pub manifests_read: u64,
     /// Objects deleted.
     pub objects_deleted: u64,
@@ -106,11 +106,11 @@ fn lock(refs: &Mutex<References>) -> MutexGuard<'_, References> {
     refs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Reads every manifest not read yet, adding what it references; returns how many
-/// were read.
+/// Reads every record not read yet (manifests and segment records), adding what it
+/// references; returns how many were read.
 async fn read_new(refs: &Mutex<References>, catalog: Catalog<'_>) -> Result<u64, Stop> {
     let mut read = 0;
-    let mut pages = std::pin::pin!(catalog.manifest_keys());
+    let mut pages = std::pin::pin!(catalog.reference_keys());
     while let Some(page) = pages.try_next().await? {
         let new: Vec<String> = {
             let refs = lock(refs);
@@ -122,16 +122,16 @@ async fn read_new(refs: &Mutex<References>, catalog: Catalog<'_>) -> Result<u64,
         // for every lifetime, which a spawned worker needs.
         let mut manifests = futures::stream::iter(new)
             .map(|key| async move {
-                let manifest = catalog.read_key(&key).await;
-                (key, manifest)
+                let referenced = catalog.objects_referenced_by(&key).await;
+                (key, referenced)
             })
             .buffer_unordered(READ_CONCURRENCY);
-        while let Some((key, manifest)) = manifests.next().await {
-            match manifest {
-                Ok(Some(m)) => {
+        while let Some((key, referenced)) = manifests.next().await {
+            match referenced {
+                Ok(Some(objects)) => {
                     let mut refs = lock(refs);
                     refs.objects
-                        .extend(m.files.iter().map(|f| fingerprint(&f.object)));
+                        .extend(objects.iter().map(|object| fingerprint(object)));
                     refs.manifests.insert(fingerprint(&key));
                     read += 1;
                 }

@@ -363,3 +363,95 @@ async fn the_periodic_sweep_applies_the_policy_and_reports_it() {
     worker.await.unwrap().unwrap();
     env.assert_restorable(source).await;
 }
+
+/// A segment record written like capture writes it (object first, record last).
+fn segment_record(object: &str, start: u32, end: u32) -> ferry_storage::pitr::SegmentRecord {
+    use ferry_storage::pitr::{ClusterTime, RECORD_FORMAT, SegmentRecord};
+    SegmentRecord {
+        format: RECORD_FORMAT,
+        source: "orders".into(),
+        start: ClusterTime::new(start, 1),
+        end: ClusterTime::new(end, 1),
+        operations: 3,
+        object: object.into(),
+        sha256: object.trim_start_matches("objects/").into(),
+        size: 16,
+        raw_size: 16,
+        compression: ferry_storage::Compression::Zstd,
+        prev: None,
+        resume_token: None,
+        committed_at: Utc::now(),
+        captured_by: "test".into(),
+    }
+}
+
+#[tokio::test]
+async fn objects_of_point_in_time_segments_are_never_collected() {
+    run_all_kinds(|kind| async move {
+        let env = Env::start(kind, POLICY).await;
+        let catalog = ferry_storage::Catalog::new(env.store.as_ref());
+        let captured = env.put_object(b"captured changes").await;
+        let garbage = env.put_object(b"referenced by nothing").await;
+        assert!(
+            catalog
+                .commit_segment(&segment_record(&captured, 100, 200))
+                .await
+                .unwrap()
+        );
+        env.age_objects().await;
+        let options = ferry_retention::GcOptions {
+            grace: Duration::from_secs(1),
+            now: std::time::SystemTime::now(),
+            batch: 10,
+            max_candidates: 10,
+        };
+        let outcome = ferry_retention::gc::collect_garbage(env.store.as_ref(), options)
+            .await
+            .unwrap();
+        assert!(
+            env.store.head(&captured).await.unwrap().is_some(),
+            "{kind:?}: the segment's object survives"
+        );
+        assert!(
+            env.store.head(&garbage).await.unwrap().is_none(),
+            "{kind:?}"
+        );
+        assert_eq!(
+            (outcome.manifests_read, outcome.objects_deleted),
+            (1, 1),
+            "{kind:?}: {outcome:?}"
+        );
+        let timeline = catalog.timeline("orders").await.unwrap();
+        assert_eq!(timeline.windows.len(), 1, "{kind:?}: {timeline:?}");
+        assert_eq!(timeline.windows[0].operations, 3);
+
+        // An unreadable segment record stops the collection: what it references
+        // is unknown.
+        let other = env.put_object(b"more garbage").await;
+        env.age_objects().await;
+        let broken = ferry_storage::pitr::segment_key(
+            "orders",
+            ferry_storage::pitr::ClusterTime::new(200, 1),
+            ferry_storage::pitr::ClusterTime::new(300, 1),
+        );
+        env.store
+            .put_bytes(&broken, bytes::Bytes::from_static(b"{ not json"), None)
+            .await
+            .unwrap();
+        let options = ferry_retention::GcOptions {
+            now: std::time::SystemTime::now(),
+            ..options
+        };
+        let outcome = ferry_retention::gc::collect_garbage(env.store.as_ref(), options)
+            .await
+            .unwrap();
+        let why = outcome.skipped.clone().expect("collection skipped");
+        assert!(why.contains(&broken), "{kind:?}: {why}");
+        assert!(env.store.head(&other).await.unwrap().is_some(), "{kind:?}");
+        assert!(
+            catalog.timeline("orders").await.is_err(),
+            "{kind:?}: the timeline names the unreadable record"
+        );
+    })
+    .await;
+}
