@@ -432,8 +432,8 @@ impl Timeline {
         timeline
     }
 
-    /// The window holding every change up to `target` from `from` on: the one
-    /// with `from <= at` and `target <= to`.
+    /// The window holding every change after `from` up to `target`: the one whose
+    /// own `from` is at or before `from` and whose `to` is at or after `target`.
     pub fn window_covering(&self, from: ClusterTime, target: ClusterTime) -> Option<&Window> {
         self.windows
             .iter()
