@@ -7,8 +7,9 @@
 //!   instead of dumping again. When the manifest is committed the record shrinks to
 //!   [`JobRecord::Committed`]: a `JobRequested` redelivered after that (a dumper
 //!   that crashed between publishing and acking) must still not dump again, and
-//!   the bucket's `max_age` removes it later. A job that fails for good loses its
-//!   record.
+//!   the bucket's `max_age` removes it later. A job that fails for good keeps only
+//!   [`JobRecord::Failed`], a tombstone that tells a late file upload of the job
+//!   to drop its claim (see [`JobState::failed`]).
 //! - `<job_id>.file.<sha256>`: the uploader's bookkeeping, which job stored each
 //!   object ([`FileClaim`]). Created if absent, so two uploader replicas handling
 //!   one job's `DumpFileReady` and `DumpCompleted` agree on whether this job
@@ -95,6 +96,8 @@ pub enum JobRecord {
         /// The committed backup.
         backup_id: String,
     },
+    /// The job failed for good; its spool files and file claims are gone.
+    Failed,
 }
 
 impl JobRecord {
@@ -110,6 +113,7 @@ impl JobRecord {
                 out.push(b'C');
                 out.extend(backup_id.as_bytes());
             }
+            JobRecord::Failed => out.push(b'F'),
         }
         out.into()
     }
@@ -119,6 +123,7 @@ impl JobRecord {
             (b'D', rest) => DumpCompleted::decode(rest)
                 .ok()
                 .map(|done| JobRecord::Dumped(Box::new(done))),
+            (b'F', []) => Some(JobRecord::Failed),
             (b'C', rest) => Some(JobRecord::Committed {
                 backup_id: String::from_utf8(rest.to_vec()).ok()?,
             }),
@@ -212,14 +217,31 @@ impl JobState {
         self.write(job_id, record.encode()).await
     }
 
-    /// Removes everything recorded about a job that failed for good; repeating it
+    /// Records that a job failed for good and drops its file claims; repeating it
     /// is harmless.
-    pub async fn remove(&self, job_id: &str) -> Result<(), JobStateError> {
-        self.remove_claims(job_id).await?;
-        if self.read(job_id).await?.is_some() {
-            self.purge(job_id).await?;
+    ///
+    /// The tombstone is written before the claims are listed, and an uploader
+    /// checks for it after creating a claim ([`JobState::drop_claim_if_failed`]), so
+    /// a file upload racing the clean-up cannot leave a claim behind: either its
+    /// claim is created before the listing (and removed here), or its check comes
+    /// after the tombstone (and it removes its own claim).
+    pub async fn failed(&self, job_id: &str) -> Result<(), JobStateError> {
+        self.write(job_id, JobRecord::Failed.encode()).await?;
+        self.remove_claims(job_id).await
+    }
+
+    /// After creating a claim: if the job failed for good meanwhile, removes the
+    /// claim again and returns `true` (the upload should stop).
+    pub async fn drop_claim_if_failed(
+        &self,
+        job_id: &str,
+        sha256: &str,
+    ) -> Result<bool, JobStateError> {
+        if self.get(job_id).await? != Some(JobRecord::Failed) {
+            return Ok(false);
         }
-        Ok(())
+        self.purge(&file_key(job_id, sha256)).await?;
+        Ok(true)
     }
 
     /// The claim recorded for the job's object `sha256`, if any.
@@ -317,7 +339,7 @@ mod tests {
         let committed = JobRecord::Committed {
             backup_id: "b1".into(),
         };
-        for record in [dumped, committed] {
+        for record in [dumped, committed, JobRecord::Failed] {
             assert_eq!(JobRecord::decode(&record.encode()), Some(record));
         }
         assert_eq!(JobRecord::decode(b""), None);

@@ -207,6 +207,12 @@ impl Handler for Dumper {
                 );
                 return Ok(Vec::new());
             }
+            // Failed for good, its files removed: a late redelivery must not
+            // start it again (the failure was reported once, for the job).
+            Some(JobRecord::Failed) => {
+                tracing::info!("job already failed for good; nothing to do");
+                return Ok(Vec::new());
+            }
             None => {}
         }
 

@@ -10,6 +10,13 @@ use ferry_storage::StorageError;
 /// An upload or commit that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
+    /// The job failed for good (its spool files are removed): nothing more is
+    /// uploaded for it.
+    #[error("job {job_id} has failed for good already; nothing more is uploaded for it")]
+    JobFailed {
+        /// The job.
+        job_id: String,
+    },
     /// A request to the object store failed (the error says which and on what).
     #[error(transparent)]
     Store(#[from] StorageError),
@@ -120,9 +127,9 @@ pub fn classify(err: &UploadError) -> HandlerError {
         UploadError::MissingAfterUpload { .. } | UploadError::ManifestVanished { .. } => {
             HandlerError::retryable(reason::STORAGE_ERROR, message)
         }
-        UploadError::SpoolRead { .. } | UploadError::SpoolMissing { .. } => {
-            HandlerError::permanent(reason::SPOOL_MISSING, message)
-        }
+        UploadError::SpoolRead { .. }
+        | UploadError::SpoolMissing { .. }
+        | UploadError::JobFailed { .. } => HandlerError::permanent(reason::SPOOL_MISSING, message),
         UploadError::Malformed(_) => HandlerError::permanent(reason::MALFORMED_MESSAGE, message),
         UploadError::ChecksumMismatch { .. } => {
             HandlerError::permanent(reason::CHECKSUM_MISMATCH, message)

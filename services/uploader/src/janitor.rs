@@ -1,5 +1,6 @@
 //! The spool janitor: when a job fails for good at any stage (a final
-//! `BackupFailed`), its spool files and its record are removed, so a permanently
+//! `BackupFailed`), its spool files and file claims are removed and its record
+//! becomes a failure tombstone, so a permanently
 //! failed upload does not leave its dump behind until the spool fills.
 //!
 //! It runs in the uploader process because the uploader sees the spool the dumper
@@ -91,7 +92,7 @@ impl Janitor {
                 self.spool.describe()
             )
         })?;
-        self.state.remove(job_id).await.map_err(|e| e.to_string())?;
+        self.state.failed(job_id).await.map_err(|e| e.to_string())?;
         Ok(())
     }
 }

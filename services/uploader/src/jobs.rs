@@ -96,6 +96,17 @@ impl Jobs {
                     .state
                     .claim_file(file.job_id, file.sha256, proposed)
                     .await?;
+                // The janitor may have cleaned up after the job's failure since
+                // the look above: then this claim must not outlive it.
+                if self
+                    .state
+                    .drop_claim_if_failed(file.job_id, file.sha256)
+                    .await?
+                {
+                    return Err(UploadError::JobFailed {
+                        job_id: file.job_id.to_string(),
+                    });
+                }
                 (claim, stored)
             }
         };
