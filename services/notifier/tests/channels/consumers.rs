@@ -83,6 +83,22 @@ async fn a_channel_added_to_a_running_fleet_sends_nothing_for_old_events() {
     assert_eq!(jobs(&requests(&old, 1).await), ["before-1"]);
     // The notifier is stopped to be reconfigured; the fleet goes on failing.
     first.shutdown.cancel();
+    // Down means no pull request of the stopped notifier is still open on the
+    // server: one would take the next event into an inbox nobody reads, and it
+    // would come back only after the ack wait (minutes). Its requests expire
+    // within seconds.
+    wait_until(
+        "the stopped notifier's pull requests to expire",
+        std::time::Duration::from_secs(60),
+        || async {
+            (consumer_info(&first, "ferry-notifier-old")
+                .await
+                .num_waiting
+                == 0)
+                .then_some(())
+        },
+    )
+    .await;
     fail(&first, "while-down", "billing").await;
 
     // The same NATS, now with a second channel.
