@@ -69,15 +69,9 @@ impl Runtime {
         let sources = registry::Registry::open_read_only(&jetstream, &config.sources)
             .await
             .map_err(|e| nats::NatsError::Registry(e.to_string()))?;
-        Ok(Runtime {
-            sources,
-            config: std::sync::Arc::new(config),
-            nats: client,
-            publisher: Publisher::new(jetstream.clone()),
-            jetstream,
-            metrics: Metrics::new(),
-            refusals,
-        })
+        Ok(Runtime::assemble(
+            config, client, jetstream, sources, refusals,
+        ))
     }
 
     /// Runs `handler` on its durable consumer until `shutdown`, `concurrency`
@@ -116,15 +110,32 @@ impl Runtime {
         let sources = registry::Registry::open(&jetstream, &config.sources)
             .await
             .map_err(|e| nats::NatsError::Registry(e.to_string()))?;
-        Ok(Runtime {
+        Ok(Runtime::assemble(
+            config,
+            client,
+            jetstream,
+            sources,
+            nats::Refusals::default(),
+        ))
+    }
+
+    /// The runtime of an open connection, however it was opened.
+    fn assemble(
+        config: Config,
+        client: async_nats::Client,
+        jetstream: async_nats::jetstream::Context,
+        sources: registry::Registry,
+        refusals: nats::Refusals,
+    ) -> Runtime {
+        Runtime {
             sources,
             config: std::sync::Arc::new(config),
             nats: client,
             publisher: Publisher::new(jetstream.clone()),
             jetstream,
             metrics: Metrics::new(),
-            refusals: nats::Refusals::default(),
-        })
+            refusals,
+        }
     }
 }
 
