@@ -10,6 +10,7 @@
 //! variable or file its secret comes from, and the secret is read only where used.
 
 mod leases;
+mod pitr;
 mod retention;
 pub mod section;
 mod storage;
@@ -23,6 +24,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use leases::LeasesConfig;
+pub use pitr::PitrConfig;
 pub use retention::RetentionPolicy;
 pub use section::{SERVICE_SECTIONS, Section, SectionSpec};
 pub use storage::{
@@ -264,6 +266,10 @@ pub struct SourceConfig {
     /// `already_running`) or `queue` it until the running one ends.
     #[serde(default)]
     pub on_overlap: OverlapPolicy,
+    /// MongoDB: continuous change capture for point-in-time restores
+    /// (`pitr = { enabled = true, segment_span = "10m", segment_max = "64MiB" }`).
+    #[serde(default, skip_serializing_if = "PitrConfig::is_off_by_default")]
+    pub pitr: PitrConfig,
 }
 
 /// What a job does when its source is already being backed up.
@@ -462,5 +468,50 @@ retention = { keep_last = 0 }
             text.contains("sources[0].schedule: invalid value \"* * *\""),
             "{text}"
         );
+    }
+
+    #[test]
+    fn capture_settings_parse_and_bad_ones_are_named() {
+        let config = Config::from_toml(
+            r#"
+[[sources]]
+name = "catalog"
+engine = "mongodb"
+url = "mongodb://db2.internal:27017"
+pitr = { enabled = true, segment_span = "5m" }
+"#,
+        )
+        .unwrap();
+        let pitr = config.source("catalog").unwrap().pitr;
+        assert!(pitr.enabled);
+        assert_eq!(pitr.segment_span, Duration::from_secs(300));
+        assert_eq!(pitr.segment_max, ByteSize(64 << 20), "the default size");
+
+        let err = Config::from_toml(
+            r#"
+[[sources]]
+name = "orders"
+engine = "postgres"
+url = "postgres://h/db"
+pitr = { enabled = true }
+
+[[sources]]
+name = "catalog"
+engine = "mongodb"
+url = "mongodb://h"
+pitr = { enabled = true, segment_span = "0s", segment_max = "10KiB" }
+"#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "sources[0].pitr.enabled",
+                "sources[1].pitr.segment_span",
+                "sources[1].pitr.segment_max"
+            ]
+        );
+        assert!(err.to_string().contains("WAL archiving"), "{err}");
     }
 }

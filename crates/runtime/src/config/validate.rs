@@ -302,6 +302,16 @@ impl super::SourceConfig {
         for (field, value, expected) in s.retention.problems() {
             bad(key(&format!("retention.{field}")), &value, expected);
         }
+        if s.pitr.enabled && s.engine != super::EngineKind::Mongodb {
+            bad(
+                key("pitr.enabled"),
+                "true",
+                "capture only on a MongoDB source (PostgreSQL's point-in-time recovery comes from WAL archiving)",
+            );
+        }
+        for (field, value, expected) in s.pitr.problems() {
+            bad(key(&format!("pitr.{field}")), &value, expected);
+        }
         problems
     }
 }

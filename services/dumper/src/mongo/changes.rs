@@ -1,32 +1,26 @@
 //! The changes made while a dump runs, captured with a change stream opened at the
-//! dump's start time and written to `oplog.bson` as oplog-entry-shaped documents
-//! (`{ts, op, ns, o, o2}`), the form `mongodump --oplog` leaves:
-//!
-//! - insert: `op: "i"`, `o` the document as inserted;
-//! - replace: `op: "u"`, `o` the new document, `o2` its `_id`;
-//! - update: `op: "u"`, `o` `{$set, $unset}` built from the event's
-//!   updateDescription (truncated arrays first, as `$push` with `$slice`), `o2` `_id`;
-//! - delete: `op: "d"`, `o` its `_id`;
-//! - drop, rename, dropDatabase: `op: "c"` on `<db>.$cmd` with the command.
-//!
-//! Replaying them in order over the collections' data (read at any time after the
-//! start) is idempotent and lands on the end instant.
+//! dump's start time and written to `oplog.bson` in oplog-entry form (see
+//! [`ferry_mongo::oplog`]), the form `mongodump --oplog` leaves. Replaying them in
+//! order over the collections' data (read at any time after the start) is
+//! idempotent and lands on the end instant.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use ferry_proto::reason;
 use ferry_proto::v1::DumpFile;
 use ferry_runtime::HandlerError;
 use mongodb::Client;
-use mongodb::bson::{RawDocument, RawDocumentBuf, Timestamp, doc, rawdoc};
+use mongodb::bson::{RawDocumentBuf, Timestamp, doc};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use ferry_mongo::CollectionFilter;
+use ferry_mongo::oplog::to_oplog;
+
 use super::errors;
-use super::filter::CollectionFilter;
 use crate::output::JobOutput;
 
 /// The file name of the captured changes, as mongodump names it.
@@ -36,6 +30,14 @@ pub const OPLOG_FILE: &str = "oplog.bson";
 /// noticed quickly.
 const AWAIT: Duration = Duration::from_millis(300);
 
+/// Once the end is known, how long the stream must have been asked before an
+/// empty reply is taken to mean every change up to the end was seen, unless the
+/// stream's own resume token says it is past the end (mongod's does; SecantusDB's
+/// stays on the last event). A server may make a write visible to change streams
+/// a moment after giving it its cluster time, so the first empty reply is not
+/// proof on its own.
+const SETTLE: Duration = Duration::from_secs(1);
+
 /// What the capture wrote.
 pub struct Captured {
     /// `oplog.bson`.
@@ -44,6 +46,11 @@ pub struct Captured {
     pub entries: u64,
     /// Events that cannot be replayed, by type.
     pub warnings: Vec<String>,
+    /// Collections of the dump renamed while it ran (`from`, `to`): the renamed
+    /// collection's documents are in neither the dump (it was listed under its old
+    /// name) nor the changes (they were written before the start), so such a dump
+    /// is not one instant.
+    pub renamed: Vec<(String, String)>,
 }
 
 /// A change stream being written to `oplog.bson` while the dump runs.
@@ -96,15 +103,7 @@ impl Capture {
         };
         let stream = match stream {
             Ok(s) => s.with_type::<RawDocumentBuf>(),
-            Err(e)
-                if matches!(
-                    errors::server_code(&e),
-                    Some(
-                        errors::code::CHANGE_STREAM_NOT_REPLICA_SET
-                            | errors::code::CHANGE_STREAM_UNSUPPORTED
-                    )
-                ) =>
-            {
+            Err(e) if ferry_mongo::no_change_streams(&e) => {
                 return Ok(None);
             }
             Err(e) => {
@@ -152,16 +151,30 @@ async fn run(
 ) -> Result<Captured, HandlerError> {
     let mut entries = 0u64;
     let mut unreplayable = BTreeSet::new();
+    let mut renamed = Vec::new();
+    // When the end became known.
+    let mut end_known_at: Option<Instant> = None;
     loop {
         // Known before the getMore is sent: an empty reply to a getMore sent after
-        // the end was known means every change up to the end has been seen.
+        // the end was known (and settled, see SETTLE) means every change up to the
+        // end has been seen.
         let end_known = *end.borrow();
+        let sent = Instant::now();
+        if end_known.is_some() {
+            end_known_at.get_or_insert(sent);
+        }
         let event = stream.next_if_any().await.map_err(|e| {
             errors::classify(&source, "reading the change stream during the dump", &e)
         })?;
         let Some(event) = event else {
-            if end_known.is_some() {
-                break;
+            if let (Some(end), Some(known_at)) = (end_known, end_known_at) {
+                let token_past = stream
+                    .resume_token()
+                    .and_then(|t| ferry_mongo::token::cluster_time(&t))
+                    .is_some_and(|t| t >= end);
+                if token_past || sent.duration_since(known_at) >= SETTLE {
+                    break;
+                }
             }
             if !stream.is_alive() {
                 // Invalidated (its database was dropped): nothing more will come.
@@ -179,6 +192,11 @@ async fn run(
             && ts > end
         {
             break;
+        }
+        if event.get_str("operationType") == Ok("rename")
+            && let Some(rename) = renamed_collection(&event, &filter)
+        {
+            renamed.push(rename);
         }
         for entry in to_oplog(&event, ts, &filter, &mut unreplayable) {
             writer
@@ -199,207 +217,23 @@ async fn run(
             .into_iter()
             .map(|t| format!("a {t} event happened during the dump; it is recorded in oplog.bson as a no-op and not replayed"))
             .collect(),
+        renamed,
     })
 }
 
-/// The oplog entries of one change event (none for events outside the filter).
-fn to_oplog(
-    event: &RawDocument,
-    ts: Timestamp,
+/// `(from, to)` of a rename event of a collection the dump includes.
+fn renamed_collection(
+    event: &RawDocumentBuf,
     filter: &CollectionFilter,
-    unreplayable: &mut BTreeSet<String>,
-) -> Vec<RawDocumentBuf> {
-    let op_type = event.get_str("operationType").unwrap_or_default();
-    let ns = event.get_document("ns").ok();
-    let db = ns.and_then(|n| n.get_str("db").ok()).unwrap_or_default();
-    let coll = ns.and_then(|n| n.get_str("coll").ok());
-    if let Some(coll) = coll
-        && !filter.includes(db, coll)
-    {
-        return Vec::new();
+) -> Option<(String, String)> {
+    let ns = event.get_document("ns").ok()?;
+    let (db, coll) = (ns.get_str("db").ok()?, ns.get_str("coll").ok()?);
+    if !filter.includes(db, coll) {
+        return None;
     }
-    let full_ns = format!("{db}.{}", coll.unwrap_or("$cmd"));
-    let key = || {
-        event
-            .get_document("documentKey")
-            .map(|d| d.to_raw_document_buf())
-            .unwrap_or_default()
-    };
-    let entry = |op: &str, ns: &str, o: RawDocumentBuf, o2: Option<RawDocumentBuf>| {
-        let mut e = rawdoc! { "ts": ts, "op": op, "ns": ns, "o": o };
-        if let Some(o2) = o2 {
-            e.append("o2", o2);
-        }
-        e
-    };
-    match op_type {
-        "insert" => match event.get_document("fullDocument") {
-            Ok(doc) => vec![entry("i", &full_ns, doc.to_raw_document_buf(), Some(key()))],
-            Err(_) => Vec::new(),
-        },
-        "replace" => match event.get_document("fullDocument") {
-            Ok(doc) => vec![entry("u", &full_ns, doc.to_raw_document_buf(), Some(key()))],
-            Err(_) => Vec::new(),
-        },
-        "delete" => vec![entry("d", &full_ns, key(), None)],
-        "update" => update_entries(event)
-            .into_iter()
-            .map(|o| entry("u", &full_ns, o, Some(key())))
-            .collect(),
-        "drop" => vec![entry(
-            "c",
-            &format!("{db}.$cmd"),
-            rawdoc! { "drop": coll.unwrap_or_default() },
-            None,
-        )],
-        "dropDatabase" => vec![entry(
-            "c",
-            &format!("{db}.$cmd"),
-            rawdoc! { "dropDatabase": 1 },
-            None,
-        )],
-        "rename" => {
-            let to = event.get_document("to").ok();
-            let to_ns = format!(
-                "{}.{}",
-                to.and_then(|t| t.get_str("db").ok()).unwrap_or_default(),
-                to.and_then(|t| t.get_str("coll").ok()).unwrap_or_default()
-            );
-            vec![entry(
-                "c",
-                &format!("{db}.$cmd"),
-                rawdoc! { "renameCollection": full_ns.as_str(), "to": to_ns, "dropTarget": true },
-                None,
-            )]
-        }
-        // Ends only collection- or database-level streams; this one is cluster-wide.
-        "invalidate" => Vec::new(),
-        other => {
-            unreplayable.insert(other.to_string());
-            vec![entry(
-                "n",
-                &full_ns,
-                rawdoc! { "msg": format!("ferry: {other} not replayed") },
-                None,
-            )]
-        }
-    }
-}
-
-/// An update event as update documents: truncations first (they shorten arrays
-/// the $set may then write into), then `$set`/`$unset`.
-fn update_entries(event: &RawDocument) -> Vec<RawDocumentBuf> {
-    let Ok(desc) = event.get_document("updateDescription") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    if let Ok(truncated) = desc.get_array("truncatedArrays") {
-        let mut push = RawDocumentBuf::new();
-        for t in truncated.into_iter().flatten() {
-            if let Some(t) = t.as_document()
-                && let (Ok(field), Ok(size)) = (t.get_str("field"), t.get_i32("newSize"))
-            {
-                push.append(field, rawdoc! { "$each": [], "$slice": size });
-            }
-        }
-        if !push.is_empty() {
-            out.push(rawdoc! { "$push": push });
-        }
-    }
-    let mut update = RawDocumentBuf::new();
-    if let Ok(set) = desc.get_document("updatedFields")
-        && !set.is_empty()
-    {
-        update.append("$set", set.to_raw_document_buf());
-    }
-    if let Ok(removed) = desc.get_array("removedFields") {
-        let mut unset = RawDocumentBuf::new();
-        for f in removed.into_iter().flatten() {
-            if let Some(f) = f.as_str() {
-                unset.append(f, "");
-            }
-        }
-        if !unset.is_empty() {
-            update.append("$unset", unset);
-        }
-    }
-    if !update.is_empty() {
-        out.push(update);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(d: mongodb::bson::Document) -> RawDocumentBuf {
-        RawDocumentBuf::from_document(&d).unwrap()
-    }
-
-    #[test]
-    fn change_events_become_oplog_entries() {
-        let ts = Timestamp {
-            time: 10,
-            increment: 2,
-        };
-        let all = CollectionFilter::default();
-        let mut skipped = BTreeSet::new();
-        let update = event(doc! {
-            "operationType": "update",
-            "clusterTime": ts,
-            "ns": { "db": "shop", "coll": "items" },
-            "documentKey": { "_id": 7 },
-            "updateDescription": {
-                "updatedFields": { "a.b": 1, "list.2": "x" },
-                "removedFields": ["gone"],
-                "truncatedArrays": [{ "field": "list", "newSize": 3 }],
-            },
-        });
-        let entries = to_oplog(&update, ts, &all, &mut skipped);
-        let docs: Vec<_> = entries.iter().map(|e| e.to_document().unwrap()).collect();
-        assert_eq!(
-            docs,
-            vec![
-                doc! { "ts": ts, "op": "u", "ns": "shop.items", "o": { "$push": { "list": { "$each": [], "$slice": 3 } } }, "o2": { "_id": 7 } },
-                doc! { "ts": ts, "op": "u", "ns": "shop.items", "o": { "$set": { "a.b": 1, "list.2": "x" }, "$unset": { "gone": "" } }, "o2": { "_id": 7 } },
-            ]
-        );
-
-        let insert = event(doc! {
-            "operationType": "insert", "clusterTime": ts,
-            "ns": { "db": "shop", "coll": "items" },
-            "documentKey": { "_id": 1 }, "fullDocument": { "_id": 1, "z": 1, "a": 2 },
-        });
-        let e = to_oplog(&insert, ts, &all, &mut skipped).remove(0);
-        assert_eq!(
-            e.get_document("o").unwrap().as_bytes(),
-            insert.get_document("fullDocument").unwrap().as_bytes(),
-            "the inserted document's bytes as they were"
-        );
-
-        let drop = event(
-            doc! { "operationType": "drop", "clusterTime": ts, "ns": { "db": "shop", "coll": "old" } },
-        );
-        assert_eq!(
-            to_oplog(&drop, ts, &all, &mut skipped)[0]
-                .to_document()
-                .unwrap(),
-            doc! { "ts": ts, "op": "c", "ns": "shop.$cmd", "o": { "drop": "old" } }
-        );
-
-        let only_orders = CollectionFilter::new(&["shop.orders".into()], &[]).unwrap();
-        assert!(to_oplog(&insert, ts, &only_orders, &mut skipped).is_empty());
-
-        let create = event(
-            doc! { "operationType": "createIndexes", "clusterTime": ts, "ns": { "db": "shop", "coll": "items" } },
-        );
-        assert_eq!(
-            to_oplog(&create, ts, &all, &mut skipped)[0]
-                .get_str("op")
-                .unwrap(),
-            "n"
-        );
-        assert!(skipped.contains("createIndexes"));
-    }
+    let to = event.get_document("to").ok()?;
+    Some((
+        format!("{db}.{coll}"),
+        format!("{}.{}", to.get_str("db").ok()?, to.get_str("coll").ok()?),
+    ))
 }

@@ -5,35 +5,7 @@ use ferry_proto::reason;
 use ferry_runtime::HandlerError;
 use mongodb::error::{Error, ErrorKind};
 
-/// Server error codes Ferry reacts to (mongo/base/error_codes.yml).
-pub mod code {
-    /// Unauthorized.
-    pub const UNAUTHORIZED: i32 = 13;
-    /// AuthenticationFailed.
-    pub const AUTHENTICATION_FAILED: i32 = 18;
-    /// NamespaceNotFound.
-    pub const NAMESPACE_NOT_FOUND: i32 = 26;
-    /// CursorNotFound: the cursor was killed or timed out on the server.
-    pub const CURSOR_NOT_FOUND: i32 = 43;
-    /// MaxTimeMSExpired.
-    pub const MAX_TIME_EXPIRED: i32 = 50;
-    /// QueryPlanKilled: e.g. the collection was dropped under the query.
-    pub const QUERY_PLAN_KILLED: i32 = 175;
-    /// CursorKilled.
-    pub const CURSOR_KILLED: i32 = 237;
-    /// The $changeStream stage is only supported on replica sets.
-    pub const CHANGE_STREAM_NOT_REPLICA_SET: i32 = 40573;
-    /// Change streams are not supported (older wording of the above).
-    pub const CHANGE_STREAM_UNSUPPORTED: i32 = 40324;
-}
-
-/// The server error code, when the server answered with one.
-pub fn server_code(e: &Error) -> Option<i32> {
-    match e.kind.as_ref() {
-        ErrorKind::Command(c) => Some(c.code),
-        _ => None,
-    }
-}
+pub use ferry_mongo::{code, server_code};
 
 /// Whether the error says the cursor is gone (killed, timed out, or its collection
 /// dropped), which is worth checking against the collection's existence.

@@ -12,7 +12,6 @@
 mod changes;
 mod collection;
 pub mod errors;
-mod filter;
 
 use std::time::Duration;
 
@@ -21,13 +20,12 @@ use ferry_proto::v1::{DumpFile, MongoClusterTime, MongoDetails};
 use ferry_runtime::HandlerError;
 use ferry_runtime::config::SourceConfig;
 use futures::{StreamExt, TryStreamExt};
-use mongodb::bson::{Document, Timestamp, doc};
-use mongodb::options::ClientOptions;
+use mongodb::bson::{Timestamp, doc};
 use mongodb::{Client, Database};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::output::JobOutput;
-pub use filter::CollectionFilter;
+pub use ferry_mongo::CollectionFilter;
 
 /// Databases never dumped unless named explicitly: they hold the server's own state.
 const SYSTEM_DATABASES: [&str; 3] = ["admin", "local", "config"];
@@ -168,6 +166,15 @@ pub async fn dump(
             .or(start)
             .expect("a capture exists only with a start time");
         let captured = capture.finish(end).await?;
+        if let Some((from, to)) = captured.renamed.first() {
+            // As `mongodump --oplog` refuses such a dump; this one is retried.
+            return Err(HandlerError::retryable(
+                reason::DUMP_FAILED,
+                format!(
+                    "{name}: collection {from} was renamed to {to} while the dump ran, so the dump would not be one instant (its documents are under the new name, which the dump did not list); the backup is tried again"
+                ),
+            ));
+        }
         details.oplog_captured = true;
         details.oplog_entries = captured.entries;
         details.end_time = Some(cluster_time(end));
@@ -204,25 +211,16 @@ async fn connect(
     password: Option<&SecretString>,
     options: &MongoOptions,
 ) -> Result<Client, HandlerError> {
-    let bad_url = |e: &dyn std::fmt::Display| {
-        HandlerError::permanent(
-            reason::DUMP_FAILED,
-            format!("source {}: invalid mongodb url: {e}", source.name),
-        )
-    };
-    let mut opts = ClientOptions::parse(&source.url)
-        .await
-        .map_err(|e| bad_url(&e))?;
-    if let Some(password) = password {
-        let credential = opts.credential.as_mut().ok_or_else(|| {
-            bad_url(&"a password is configured but the url names no user (mongodb://user@host/)")
-        })?;
-        credential.password = Some(password.expose_secret().to_string());
-    }
-    opts.app_name = Some("ferry-dumper".into());
-    opts.server_selection_timeout = Some(options.connect_timeout);
-    opts.connect_timeout = Some(options.connect_timeout);
-    Client::with_options(opts).map_err(|e| bad_url(&e))
+    ferry_mongo::client(
+        &source.url,
+        password.map(|p| p.expose_secret()),
+        "ferry-dumper",
+        options.connect_timeout,
+    )
+    .await
+    .map_err(|e| {
+        HandlerError::permanent(reason::DUMP_FAILED, format!("source {}: {e}", source.name))
+    })
 }
 
 /// The databases to dump: the job's, the source's, or every one but the system ones.
@@ -262,9 +260,7 @@ async fn databases(
 /// The server's `operationTime` now, or None on a server without cluster time (a
 /// standalone mongod).
 async fn operation_time(admin: &Database, source: &str) -> Result<Option<Timestamp>, HandlerError> {
-    let reply: Document = admin
-        .run_command(doc! { "ping": 1 })
+    ferry_mongo::cluster_time_now(admin.client())
         .await
-        .map_err(|e| errors::classify(source, "reading the cluster time", &e))?;
-    Ok(reply.get_timestamp("operationTime").ok())
+        .map_err(|e| errors::classify(source, "reading the cluster time", &e))
 }
