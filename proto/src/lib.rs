@@ -6,6 +6,7 @@
 //! stale (`FERRY_REGENERATE=1 cargo test -p ferry-proto` rewrites it).
 
 pub mod reason;
+pub mod request;
 pub mod subjects;
 
 /// Version 1 of the contract.
@@ -83,6 +84,7 @@ impl v1::Stage {
             v1::Stage::Uploader => "uploader",
             v1::Stage::Retention => "retention",
             v1::Stage::Notifier => "notifier",
+            v1::Stage::Capture => "capture",
         }
     }
 }

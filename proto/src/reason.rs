@@ -52,3 +52,9 @@ pub const NOTIFICATION_FAILED: &str = "notification_failed";
 pub const DUMP_TOOL_TOO_OLD: &str = "dump_tool_too_old";
 /// The spool's disk is full.
 pub const SPOOL_FULL: &str = "spool_full";
+/// Continuous capture lost changes: its resume point is no longer in the server's
+/// history (the oplog rolled over, or capture was down too long).
+pub const HISTORY_LOST: &str = "history_lost";
+/// The server cannot serve change streams (a standalone server): continuous
+/// capture is impossible.
+pub const NO_CHANGE_STREAMS: &str = "no_change_streams";

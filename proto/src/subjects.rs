@@ -46,17 +46,23 @@ pub enum EventKind {
     Retention,
     /// `BackupFailed`: a stage failed the job.
     Failed,
+    /// `SegmentStored`: a segment of captured changes is committed.
+    Segment,
+    /// `CaptureGap`: captured changes were lost.
+    Gap,
 }
 
 impl EventKind {
     /// Every kind, for subscribers that route by subject.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 8] = [
         EventKind::Requested,
         EventKind::FileReady,
         EventKind::Dumped,
         EventKind::Uploaded,
         EventKind::Retention,
         EventKind::Failed,
+        EventKind::Segment,
+        EventKind::Gap,
     ];
 
     /// The subject token of this kind.
@@ -68,6 +74,8 @@ impl EventKind {
             EventKind::Uploaded => "uploaded",
             EventKind::Retention => "retention",
             EventKind::Failed => "failed",
+            EventKind::Segment => "segment",
+            EventKind::Gap => "gap",
         }
     }
 

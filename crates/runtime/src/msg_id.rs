@@ -56,6 +56,17 @@ pub fn malformed(stage: Stage, stream_sequence: u64) -> String {
     format!("malformed/{}/{stream_sequence}", stage.name())
 }
 
+/// `SegmentStored` of one segment: its record's key, which names the source and
+/// the span.
+pub fn segment(record_key: &str) -> String {
+    format!("segment/{record_key}")
+}
+
+/// `CaptureGap` of one gap: its record's key.
+pub fn gap(record_key: &str) -> String {
+    format!("gap/{record_key}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,8 +28,8 @@ use crate::layout::{
     self, BACKUPS_PREFIX, KeyKind, OBJECTS_PREFIX, keep_mark_key, manifest_key, source_prefix,
 };
 use crate::pitr::{
-    GapRecord, PITR_PREFIX, RecordKey, RecordKind, SegmentRecord, Timeline, TimelineRecord,
-    gap_key, parse_pitr_key, pitr_prefix, segment_key,
+    ClusterTime, GapRecord, PITR_PREFIX, RecordKey, RecordKind, SegmentRecord, Timeline,
+    TimelineRecord, gap_key, parse_pitr_key, pitr_prefix, segment_key,
 };
 use crate::{ListPages, Manifest, ObjectStore, StorageError, get_bytes};
 
@@ -393,6 +393,29 @@ impl<'a> Catalog<'a> {
         let key = gap_key(&gap.source, gap.start, gap.end);
         let json = serde_json::to_vec_pretty(gap).expect("a gap record serialises");
         self.store.put_if_absent(&key, json.into()).await
+    }
+
+    /// Deletes the point-in-time records of `source` that end at or before `before`
+    /// (segments and gaps no kept base backup can use), never the newest record
+    /// (capture resumes after it). Records only, oldest first: their objects go with
+    /// garbage collection afterwards, as a deleted backup's do. Returns how many
+    /// were deleted.
+    pub async fn expire_pitr_records(
+        &self,
+        source: &str,
+        before: ClusterTime,
+    ) -> Result<u64, StorageError> {
+        let records = self.pitr_records(source).await?;
+        let newest = records.iter().map(|r| r.end).max();
+        let mut deleted = 0;
+        for record in records
+            .iter()
+            .filter(|r| r.end <= before && Some(r.end) != newest)
+        {
+            self.store.delete(&record.key()).await?;
+            deleted += 1;
+        }
+        Ok(deleted)
     }
 
     /// The newest committed segment of `source`: where capture resumes.

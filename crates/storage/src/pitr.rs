@@ -133,7 +133,7 @@ pub struct SegmentRecord {
     /// The segment this one continues; `None` for the first of a chain.
     pub prev: Option<Link>,
     /// The change stream's resume token at `end`, where the server gives one
-    /// (base64 of its BSON), so capture resumes exactly there.
+    /// (the hex of its BSON document), so capture resumes exactly there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_token: Option<String>,
     /// When the record was written.

@@ -298,6 +298,59 @@ pub struct BackupFailed {
     #[prost(string, tag = "9")]
     pub backup_id: ::prost::alloc::string::String,
 }
+/// A segment of continuously captured changes is stored and committed by its
+/// record. Subject: ferry.v1.events.segment.<source>
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SegmentStored {
+    #[prost(string, tag = "1")]
+    pub source: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub occurred_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// The changes after `start` up to and including `end`.
+    #[prost(message, optional, tag = "3")]
+    pub start: ::core::option::Option<MongoClusterTime>,
+    #[prost(message, optional, tag = "4")]
+    pub end: ::core::option::Option<MongoClusterTime>,
+    #[prost(uint64, tag = "5")]
+    pub operations: u64,
+    /// The record: pitr/<source>/<start>-<end>.json.
+    #[prost(string, tag = "6")]
+    pub record_key: ::prost::alloc::string::String,
+    /// The stored object (objects/<sha256>) and its size.
+    #[prost(string, tag = "7")]
+    pub object: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "8")]
+    pub size: u64,
+    /// Whether the segment continues the one before it (false for the first of a
+    /// chain: capture's first start, or after a gap).
+    #[prost(bool, tag = "9")]
+    pub linked: bool,
+}
+/// Changes were lost between `start` and `end`: no restore can cross them.
+/// Subject: ferry.v1.events.gap.<source>
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CaptureGap {
+    #[prost(string, tag = "1")]
+    pub source: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub occurred_at: ::core::option::Option<::prost_types::Timestamp>,
+    #[prost(message, optional, tag = "3")]
+    pub start: ::core::option::Option<MongoClusterTime>,
+    #[prost(message, optional, tag = "4")]
+    pub end: ::core::option::Option<MongoClusterTime>,
+    /// Machine-readable, stable reason code; see `ferry_proto::reason`.
+    #[prost(string, tag = "5")]
+    pub reason: ::prost::alloc::string::String,
+    /// What happened and what to do, for a human.
+    #[prost(string, tag = "6")]
+    pub message: ::prost::alloc::string::String,
+    /// The gap record: pitr/<source>/<start>-<end>.gap.json.
+    #[prost(string, tag = "7")]
+    pub record_key: ::prost::alloc::string::String,
+    /// The base backup requested so restores are possible again after the gap.
+    #[prost(string, tag = "8")]
+    pub requested_job_id: ::prost::alloc::string::String,
+}
 /// The database engine of a source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -338,6 +391,7 @@ pub enum Stage {
     Uploader = 3,
     Retention = 4,
     Notifier = 5,
+    Capture = 6,
 }
 impl Stage {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -352,6 +406,7 @@ impl Stage {
             Self::Uploader => "STAGE_UPLOADER",
             Self::Retention => "STAGE_RETENTION",
             Self::Notifier => "STAGE_NOTIFIER",
+            Self::Capture => "STAGE_CAPTURE",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -363,6 +418,7 @@ impl Stage {
             "STAGE_UPLOADER" => Some(Self::Uploader),
             "STAGE_RETENTION" => Some(Self::Retention),
             "STAGE_NOTIFIER" => Some(Self::Notifier),
+            "STAGE_CAPTURE" => Some(Self::Capture),
             _ => None,
         }
     }

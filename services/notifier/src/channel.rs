@@ -135,6 +135,8 @@ impl Channel {
         let mut kinds = Vec::new();
         if on.contains(&NotifyOn::Failed) {
             kinds.push(EventKind::Failed);
+            // Lost captured changes are a failure of the source's backups.
+            kinds.push(EventKind::Gap);
         }
         // A success closes an open failure alert, and may be told itself.
         if on.contains(&NotifyOn::Failed) || (on.contains(&NotifyOn::Succeeded) && info) {

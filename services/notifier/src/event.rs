@@ -1,7 +1,7 @@
 //! The events the notifier reacts to, decoded from their subjects.
 
 use ferry_proto::subjects::EventKind;
-use ferry_proto::v1::{BackupFailed, BackupUploaded, RetentionApplied, Stage};
+use ferry_proto::v1::{BackupFailed, BackupUploaded, CaptureGap, RetentionApplied, Stage};
 use ferry_proto::{JobMessage, Message};
 
 /// An event a channel may be told about.
@@ -28,6 +28,12 @@ impl Event {
             Some(EventKind::Uploaded) => Some(Event::Uploaded(BackupUploaded::decode(payload)?)),
             Some(EventKind::Retention) => {
                 Some(Event::Retention(RetentionApplied::decode(payload)?))
+            }
+            // A gap in captured changes is told as a failure of the capture stage:
+            // alerted, collapsed and closed (by the base backup it requested
+            // succeeding) like any failure of the source.
+            Some(EventKind::Gap) => {
+                Some(Event::Failed(gap_as_failure(CaptureGap::decode(payload)?)))
             }
             _ => None,
         })
@@ -60,6 +66,22 @@ impl Event {
             }
             job => format!("{job}.{kind}"),
         }
+    }
+}
+
+/// A gap as the failure it is told as: its job is the gap record (so one gap is one
+/// notification), its reason `history_lost`.
+fn gap_as_failure(gap: CaptureGap) -> BackupFailed {
+    BackupFailed {
+        job_id: gap.record_key,
+        source: gap.source,
+        occurred_at: gap.occurred_at,
+        stage: Stage::Capture as i32,
+        reason: gap.reason,
+        message: gap.message,
+        attempt: 1,
+        r#final: true,
+        backup_id: String::new(),
     }
 }
 

@@ -8,7 +8,6 @@ use ferry_proto::v1::{BackupFailed, Priority, Stage, Trigger};
 use ferry_runtime::config::SourceConfig;
 use ferry_runtime::{Outgoing, Runtime, msg_id};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -16,53 +15,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::errors::{self, RequestError};
 use crate::jobs::{self, JobRequest};
 
-/// The JSON body of a manual job request.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ManualRequest {
-    /// The source to back up.
-    pub source: String,
-    /// A note for the record.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Restrict to these databases.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub databases: Vec<String>,
-    /// A job id chosen by the caller (a UUID), so a retried request is one job.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job_id: Option<String>,
-    /// `"normal"` (default) or `"high"`: high jobs take the dumpers' express lane.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub priority: Option<RequestPriority>,
-}
-
-/// The priority of a manual job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RequestPriority {
-    /// Queued with scheduled jobs.
-    Normal,
-    /// The express lane.
-    High,
-}
-
-/// The JSON reply to a manual request.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ManualReply {
-    /// Whether the job was accepted.
-    pub ok: bool,
-    /// The job id (also for rejected requests: it names the failure event).
-    pub job_id: String,
-    /// The backup id the job will produce.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backup_id: Option<String>,
-    /// The reason code of a rejection.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// What was wrong.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
+pub use ferry_proto::request::{ManualReply, ManualRequest, RequestPriority};
 
 struct Rejection {
     /// The caller's job id when the request named a valid one.

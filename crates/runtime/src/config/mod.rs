@@ -76,6 +76,8 @@ pub struct Config {
     _notifier: ServiceOwned,
     #[serde(rename = "notify", default, skip_serializing)]
     _notify: ServiceOwned,
+    #[serde(rename = "capture", default, skip_serializing)]
+    _capture: ServiceOwned,
     /// Where the services' sections are parsed from, and those parsed so far.
     #[serde(skip)]
     sections: section::Sections,

@@ -39,13 +39,14 @@ pub trait Section: DeserializeOwned + Default + Send + Sync + 'static {
 /// The top-level keys owned by a service rather than by the runtime. Every process
 /// accepts them, so one file serves every binary, while a misspelt section is still
 /// refused; `services/ferry`'s tests check this list against the services' sections.
-pub const SERVICE_SECTIONS: [&str; 6] = [
+pub const SERVICE_SECTIONS: [&str; 7] = [
     "scheduler",
     "dumper",
     "uploader",
     "retention",
     "notifier",
     "notify",
+    "capture",
 ];
 
 type Parsed = Arc<dyn Any + Send + Sync>;

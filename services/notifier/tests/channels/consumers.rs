@@ -173,6 +173,7 @@ async fn a_channel_receives_only_the_kinds_its_rules_use_and_never_dump_files() 
             "",
             vec![
                 "ferry.v1.events.failed.*".to_string(),
+                "ferry.v1.events.gap.*".to_string(),
                 "ferry.v1.events.uploaded.*".to_string()
             ]
         ),
