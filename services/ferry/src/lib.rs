@@ -21,6 +21,7 @@ pub const SERVICES: &[ServiceSpec] = &[
     ferry_uploader::SERVICE,
     ferry_retention::SERVICE,
     ferry_notifier::SERVICE,
+    ferry_capture::SERVICE,
 ];
 
 #[cfg(test)]

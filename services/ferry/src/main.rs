@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ferry::commands::{backup, keep, list, restore, retention, sources, status, up, verify};
+use ferry::commands::{backup, keep, list, pitr, restore, retention, sources, status, up, verify};
 use ferry_runtime::process::{self, EXIT_FAILURE};
 
 #[derive(Parser)]
@@ -53,8 +53,14 @@ enum Command {
     /// Mark a backup so that no retention policy deletes it (or `--remove` the mark).
     Keep(keep::KeepArgs),
     /// Restore a backup into a PostgreSQL or MongoDB server (--to), or fetch it into a
-    /// directory in the standard tools' layout (--to-dir).
+    /// directory in the standard tools' layout (--to-dir); MongoDB with capture on
+    /// also to any instant (--at, --at-op).
     Restore(restore::RestoreArgs),
+    /// Point-in-time capture: what is restorable (`status`).
+    Pitr {
+        #[command(subcommand)]
+        command: pitr::PitrCommand,
+    },
 }
 
 #[tokio::main]
@@ -74,6 +80,7 @@ async fn main() -> ExitCode {
         Command::Retention { command } => retention::run(config, command).await,
         Command::Keep(args) => keep::run(config, args).await,
         Command::Restore(args) => restore::run(&config, args).await,
+        Command::Pitr { command } => pitr::run(&config, command).await,
     };
     result.unwrap_or_else(|e| {
         eprintln!("ferry: {e:#}");

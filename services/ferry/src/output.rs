@@ -111,6 +111,23 @@ pub fn status_table(statuses: &[SourceStatus]) -> String {
             "{:<20} {:<9} {:<28} {:<20} {:<36} {:<20} {}\n",
             s.source, s.origin, success, success_at, failure, next, running
         ));
+        if let Some(p) = &s.pitr {
+            let window = match (&p.from, &p.to) {
+                (Some(from), Some(to)) => format!(
+                    "restorable from {} to {}",
+                    when(Some(from.time)),
+                    when(Some(to.time))
+                ),
+                _ => "nothing restorable yet".into(),
+            };
+            out.push_str(&format!(
+                "  point in time: {window}, recovery point {}, {} gap{}\n",
+                p.recovery_point_seconds
+                    .map_or("-".to_string(), |v| format!("{v:.0}s")),
+                p.gaps,
+                if p.gaps == 1 { "" } else { "s" }
+            ));
+        }
     }
     out
 }
@@ -194,4 +211,71 @@ pub fn applied_json(e: &ferry_proto::v1::RetentionApplied) -> serde_json::Value 
         "objects_deleted": e.objects_deleted,
         "bytes_freed": e.bytes_freed,
     })
+}
+
+/// `ferry pitr status`: the windows, the gaps, the recovery point.
+pub fn pitr_table(s: &crate::commands::pitr::PitrStatus) -> String {
+    let mut out = format!("{}\n", s.source);
+    if s.windows.is_empty() && s.gaps.is_empty() {
+        out.push_str("  no changes captured (is pitr enabled and a capture worker running?)\n");
+        return out;
+    }
+    out.push_str(&format!(
+        "  {:<8} {:<22} {:<22} {:>9} {:>12}  {}\n",
+        "", "FROM (UTC)", "TO (UTC)", "SEGMENTS", "OPERATIONS", "CLUSTER TIMES / CAUSE"
+    ));
+    let mut rows: Vec<(String, String)> = Vec::new();
+    for w in &s.windows {
+        rows.push((
+            w.from.cluster_time.clone(),
+            format!(
+                "  {:<8} {:<22} {:<22} {:>9} {:>12}  {} to {}\n",
+                "window",
+                when(Some(w.from.time)),
+                when(Some(w.to.time)),
+                w.segments,
+                w.operations,
+                w.from.cluster_time,
+                w.to.cluster_time
+            ),
+        ));
+    }
+    for g in &s.gaps {
+        rows.push((
+            g.from.cluster_time.clone(),
+            format!(
+                "  {:<8} {:<22} {:<22} {:>9} {:>12}  {}{}\n",
+                "GAP",
+                when(Some(g.from.time)),
+                when(Some(g.to.time)),
+                "-",
+                "-",
+                g.cause,
+                if g.recorded {
+                    ""
+                } else {
+                    " (found by checking the chain)"
+                }
+            ),
+        ));
+    }
+    // In time order: cluster times as `t:i` sort by their numbers.
+    rows.sort_by_key(|(k, _)| {
+        k.parse::<ferry_storage::pitr::ClusterTime>()
+            .unwrap_or(ferry_storage::pitr::ClusterTime::new(0, 0))
+    });
+    for (_, row) in rows {
+        out.push_str(&row);
+    }
+    let secs = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}s"));
+    out.push_str(&format!(
+        "  recovery point {} behind now; capture lag {}{}\n",
+        secs(s.recovery_point_seconds),
+        secs(s.capture_lag_seconds),
+        s.captured_by
+            .as_ref()
+            .map(|b| format!("; newest segment by {b}"))
+            .unwrap_or_default()
+    ));
+    out
 }

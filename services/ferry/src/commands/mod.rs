@@ -2,7 +2,7 @@
 //! configuration and the command's parsed arguments and returning the exit code.
 //!
 //! Which commands touch NATS, and how:
-//! - `list`, `verify`, `restore` read only the store and never connect;
+//! - `list`, `verify`, `restore`, `pitr status` read only the store and never connect;
 //! - `status`, `sources list`, `retention plan` (for a registry source) attach
 //!   read-only ([`ferry_runtime::Runtime::attach`]): nothing is declared, so a NATS
 //!   user that may only read runs them;
@@ -12,6 +12,7 @@
 pub mod backup;
 pub mod keep;
 pub mod list;
+pub mod pitr;
 pub mod restore;
 pub mod retention;
 pub mod sources;

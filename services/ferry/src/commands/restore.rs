@@ -12,6 +12,7 @@ use ferry_runtime::secrets::{SecretSource, read_secret};
 use secrecy::ExposeSecret;
 
 use crate::restore::mongo::MongoRestoreOptions;
+use crate::restore::pitr;
 use crate::restore::postgres::PgRestore;
 
 /// `ferry restore`
@@ -21,8 +22,17 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub source: String,
     /// A backup id, or `latest`.
-    #[arg(long, default_value = "latest")]
+    #[arg(long, default_value = "latest", conflicts_with_all = ["at", "at_op"])]
     pub backup: String,
+    /// MongoDB with capture on: the source as it was at this instant (RFC 3339,
+    /// `2026-12-01T10:30:00Z`; every change of that second included). The base
+    /// backup is chosen, and the captured changes replayed, for you.
+    #[arg(long, conflicts_with = "at_op")]
+    pub at: Option<String>,
+    /// MongoDB with capture on: the source as it was right after one operation,
+    /// by its cluster time `SECONDS:INCREMENT` (as an oplog entry's `ts` shows it).
+    #[arg(long)]
+    pub at_op: Option<String>,
     /// Where to write it in the standard tool's layout: one pg_dump directory
     /// archive per database (for `pg_restore`), or mongodump's layout (for
     /// `mongorestore --dir`).
@@ -67,6 +77,9 @@ pub struct RestoreArgs {
 
 /// Runs `ferry restore`: to a directory, a PostgreSQL server or a MongoDB server.
 pub async fn run(config: &Config, args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    if args.at.is_some() || args.at_op.is_some() {
+        return to_instant(config, args).await;
+    }
     let (source, backup) = (args.source.as_str(), args.backup.as_str());
     if let Some(dir) = &args.to_dir {
         let store = ferry_runtime::store::open(&config.storage)?;
@@ -120,6 +133,65 @@ pub async fn run(config: &Config, args: RestoreArgs) -> anyhow::Result<ExitCode>
     eprintln!(
         "restored backup {} of {}: {} collections, {} documents, {} changes replayed (every SHA-256 checked)",
         manifest.backup_id, source, report.collections, report.documents, report.oplog_applied
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ferry restore --at` / `--at-op`: every check (the target parses, is not in the
+/// future, has a base backup before it and an unbroken chain of captured changes
+/// from it, every segment matches its record) passes before anything is written.
+async fn to_instant(config: &Config, args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let target = match (&args.at, &args.at_op) {
+        (Some(at), _) => pitr::parse_at(at),
+        (None, Some(op)) => pitr::parse_at_op(op),
+        (None, None) => unreachable!("called with --at or --at-op"),
+    }
+    .map_err(anyhow::Error::msg)?;
+    let source = args.source.as_str();
+    if let Some(s) = config.source(source)
+        && s.engine != ferry_runtime::config::EngineKind::Mongodb
+    {
+        return Err(pitr::PitrError::NotMongo(source.to_string()).into());
+    }
+    if let Some(to) = &args.to
+        && !to.starts_with("mongodb://")
+        && !to.starts_with("mongodb+srv://")
+    {
+        anyhow::bail!(
+            "--to {}: --at restores into a MongoDB server (mongodb://…)",
+            redact(to)
+        );
+    }
+    let store = ferry_runtime::store::open(&config.storage)?;
+    let store = store.as_ref();
+    let plan = pitr::plan(store, source, target, chrono::Utc::now()).await?;
+    let changes_after = |n: usize| if n == 1 { "segment" } else { "segments" };
+    if let Some(dir) = &args.to_dir {
+        let (bytes, changes) = pitr::fetch_to_dir(store, &plan, dir).await?;
+        eprintln!(
+            "restored {source} at {target} into {}: base backup {} (consistent at {}) and {changes} captured changes from {} {} ({bytes} bytes, every SHA-256 checked)",
+            dir.display(),
+            plan.base.backup_id,
+            plan.from,
+            plan.segments.len(),
+            changes_after(plan.segments.len()),
+        );
+        eprintln!("  mongorestore --dir {} --oplogReplay", dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let options = mongo_options(args.to.clone().unwrap_or_default(), &args)?;
+    let report = pitr::restore(store, &plan, &options).await?;
+    eprintln!(
+        "restored {source} at {target} (cluster time {}): base backup {} (consistent at {}), {} collections, {} documents, {} changes replayed from its oplog and {} from {} {} (every SHA-256 checked)",
+        plan.target,
+        plan.base.backup_id,
+        plan.from,
+        report.base.collections,
+        report.base.documents,
+        report.base.oplog_applied,
+        report.segment_changes,
+        report.segments,
+        changes_after(report.segments),
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -85,6 +85,16 @@ pub struct SourceArgs {
     /// Keep one backup per month for N months.
     #[arg(long)]
     keep_monthly: Option<u32>,
+    /// MongoDB: capture every change between backups, for restores to any
+    /// instant (`pitr.enabled`); the server must serve change streams.
+    #[arg(long)]
+    pitr: bool,
+    /// With --pitr: commit captured changes at least this often (`10m`).
+    #[arg(long, requires = "pitr")]
+    segment_span: Option<String>,
+    /// With --pitr: or when they reach this size (`64MiB`).
+    #[arg(long, requires = "pitr")]
+    segment_max: Option<String>,
 }
 
 /// Runs `ferry sources …`.
@@ -102,6 +112,7 @@ pub async fn run(config: Config, command: SourcesCommand) -> anyhow::Result<Exit
         SourcesCommand::Add(args) => {
             let rt = Runtime::connect(config, "ferry-cli").await?;
             let source = source_from_args(*args)?;
+            check_capture(&source).await?;
             let added = rt.sources.add(&source).await;
             added.map_err(|e| explain_refusal(&rt, e))?;
             eprintln!(
@@ -119,6 +130,26 @@ pub async fn run(config: Config, command: SourcesCommand) -> anyhow::Result<Exit
         SourcesCommand::Resume { name } => set_paused(config, &name, false).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A source with capture on must be on a server that serves change streams:
+/// refused now, naming the source, rather than by a capture worker later.
+async fn check_capture(source: &SourceConfig) -> anyhow::Result<()> {
+    if !(source.pitr.enabled && source.engine == ferry_runtime::config::EngineKind::Mongodb) {
+        return Ok(());
+    }
+    match ferry_mongo::serves_change_streams(&source.url, std::time::Duration::from_secs(10)).await
+    {
+        Ok(true) => Ok(()),
+        Ok(false) => anyhow::bail!(
+            "source {}: the server cannot serve change streams (a standalone mongod?), so its changes cannot be captured; run it as a replica set (a one-node set will do) or add the source without --pitr",
+            source.name
+        ),
+        Err(e) => anyhow::bail!(
+            "source {}: could not ask the server whether it serves change streams, which --pitr needs: {e}",
+            source.name
+        ),
+    }
 }
 
 async fn set_paused(config: Config, name: &str, paused: bool) -> anyhow::Result<()> {
@@ -180,6 +211,17 @@ fn source_from_args(a: SourceArgs) -> anyhow::Result<SourceConfig> {
         }
     }
     table.insert("retention".into(), retention.into());
+    if a.pitr {
+        let mut pitr = toml::Table::new();
+        pitr.insert("enabled".into(), true.into());
+        if let Some(v) = a.segment_span {
+            pitr.insert("segment_span".into(), v.into());
+        }
+        if let Some(v) = a.segment_max {
+            pitr.insert("segment_max".into(), v.into());
+        }
+        table.insert("pitr".into(), pitr.into());
+    }
     let text = toml::to_string(&table)?;
     let source: SourceConfig =
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid source: {}", e.message()))?;

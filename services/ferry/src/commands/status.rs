@@ -56,6 +56,23 @@ pub struct SourceStatus {
     pub next_run: Option<DateTime<Utc>>,
     /// The job holding the source's lease, if one runs now.
     pub running: Option<serde_json::Value>,
+    /// With capture on: the newest restorable window (`ferry pitr status` has
+    /// every window and gap).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pitr: Option<PitrSummary>,
+}
+
+/// A capturing source's point-in-time summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct PitrSummary {
+    /// The newest window: restorable from...
+    pub from: Option<super::pitr::Instant>,
+    /// ...to.
+    pub to: Option<super::pitr::Instant>,
+    /// How far the newest committed change is behind now, in seconds.
+    pub recovery_point_seconds: Option<f64>,
+    /// Gaps in the source's captured history.
+    pub gaps: usize,
 }
 
 /// A stored backup.
@@ -147,6 +164,25 @@ pub async fn collect(rt: &Runtime) -> anyhow::Result<Vec<SourceStatus>> {
             None => None,
         }
         .and_then(|v| serde_json::from_slice(&v).ok());
+        let pitr = if ferry_capture::captures(&s.config) {
+            match super::pitr::status(store.as_ref(), &name, now).await {
+                Ok(p) => {
+                    let newest = p.windows.last();
+                    Some(PitrSummary {
+                        from: newest.map(|w| w.from.clone()),
+                        to: newest.map(|w| w.to.clone()),
+                        recovery_point_seconds: p.recovery_point_seconds,
+                        gaps: p.gaps.len(),
+                    })
+                }
+                Err(e) => {
+                    eprintln!("warning: cannot read the captured changes of {name}: {e:#}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         out.push(SourceStatus {
             source: name,
             origin: output::origin(s.origin),
@@ -155,6 +191,7 @@ pub async fn collect(rt: &Runtime) -> anyhow::Result<Vec<SourceStatus>> {
             last_failure,
             next_run,
             running,
+            pitr,
         });
     }
     Ok(out)

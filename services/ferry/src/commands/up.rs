@@ -37,5 +37,6 @@ pub async fn run_all(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result
     spawn!("uploader", ferry_uploader::run);
     spawn!("retention", ferry_retention::run);
     spawn!("notifier", ferry_notifier::run);
+    spawn!("capture", ferry_capture::run);
     Ok(workers.join().await?)
 }

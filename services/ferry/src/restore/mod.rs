@@ -5,6 +5,7 @@
 //! MongoDB ([`mongo`]).
 
 pub mod mongo;
+pub mod pitr;
 pub mod postgres;
 
 use std::io::{Read, Write};

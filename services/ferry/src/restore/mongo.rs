@@ -4,7 +4,7 @@
 //! backup's end instant.
 
 mod load;
-mod replay;
+pub(crate) mod replay;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use ferry_storage::pitr::ClusterTime;
 use ferry_storage::{Manifest, ManifestFile, ObjectStore};
 use futures::{StreamExt, TryStreamExt};
 use mongodb::Client;
@@ -116,6 +117,13 @@ fn items(manifest: &Manifest) -> Vec<Item> {
         .collect()
 }
 
+/// The next entry of an oplog-entry file (`oplog.bson`, a segment), `None` at its end.
+pub(crate) fn next_entry(
+    reader: &mut dyn std::io::Read,
+) -> anyhow::Result<Option<mongodb::bson::RawDocumentBuf>> {
+    load::next_document(reader, "oplog")
+}
+
 /// Restores `manifest` into the server at `opts.to`.
 pub async fn restore(
     store: &dyn ObjectStore,
@@ -194,8 +202,15 @@ pub async fn restore(
             let path = staging.path().join("oplog.bson");
             fetch_verified(store, file, &path).await?;
             let reader = decompressed(&path, file.compression)?;
-            let end = manifest.mongodb.as_ref().map(|m| m.end_time);
-            replay::apply(&client, reader, end, opts).await?
+            let through = manifest
+                .mongodb
+                .as_ref()
+                .map(|m| ClusterTime::new(m.end_time.seconds, m.end_time.increment));
+            let range = replay::Range {
+                after: None,
+                through,
+            };
+            replay::apply(&client, reader, range, opts).await?
         }
         None => 0,
     };
@@ -207,7 +222,7 @@ pub async fn restore(
     })
 }
 
-async fn connect(opts: &MongoRestoreOptions) -> anyhow::Result<Client> {
+pub(crate) async fn connect(opts: &MongoRestoreOptions) -> anyhow::Result<Client> {
     let mut options = mongodb::options::ClientOptions::parse(&opts.to)
         .await
         .with_context(|| "invalid --to url (expected mongodb://host:port/)".to_string())?;

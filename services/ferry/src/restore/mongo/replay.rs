@@ -5,18 +5,29 @@
 use std::io::Read;
 
 use anyhow::Context;
-use ferry_storage::manifest::mongo::ClusterTime;
+use ferry_storage::pitr::ClusterTime;
 use mongodb::Client;
 use mongodb::bson::{Document, RawDocumentBuf, doc};
 
 use super::MongoRestoreOptions;
 use super::load::next_document;
 
-/// Applies every entry up to `end`; returns how many were applied.
+/// Which entries a replay applies: those after `after` up to and including
+/// `through` (unbounded where `None`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Range {
+    /// Entries at or before this are already in the data (a base backup's
+    /// consistent point).
+    pub after: Option<ClusterTime>,
+    /// The instant being restored to.
+    pub through: Option<ClusterTime>,
+}
+
+/// Applies every entry in `range`, in order; returns how many were applied.
 pub async fn apply(
     client: &Client,
     reader: Box<dyn Read + Send>,
-    end: Option<ClusterTime>,
+    range: Range,
     opts: &MongoRestoreOptions,
 ) -> anyhow::Result<u64> {
     // Entries are read one at a time on a blocking thread; the channel's bound
@@ -39,10 +50,12 @@ pub async fn apply(
         let ts = entry
             .get_timestamp("ts")
             .context("an oplog entry without ts")?;
-        if let Some(end) = end
-            && (ts.time, ts.increment) > (end.seconds, end.increment)
-        {
+        let at = ClusterTime::new(ts.time, ts.increment);
+        if range.through.is_some_and(|through| at > through) {
             break;
+        }
+        if range.after.is_some_and(|after| at <= after) {
+            continue;
         }
         if apply_one(client, &raw, &entry, opts)
             .await
