@@ -15,11 +15,16 @@
 //! `ferry-bench mongo-dump [--gb 0.25 --gb 1]` needs the MongoDB test server and the
 //! test venv's Python (pymongo) for the baseline.
 //!
+//! `ferry-bench pitr [--ops 60000]` needs the MongoDB test server and the
+//! `ferry-capture` binary built beside it (`cargo build --release -p ferry-bench -p
+//! ferry-capture`).
+//!
 //! `ferry-bench retention [--backups 10000]` needs only a disk (about 5 GB for the
 //! million small objects of the default size).
 
 mod mongo;
 mod pg_dump;
+mod pitr;
 mod retention;
 mod scheduler;
 mod upload;
@@ -116,6 +121,27 @@ enum Bench {
         #[arg(long)]
         parallel: usize,
     },
+    /// Continuous capture (the real ferry-capture binary) under the highest write
+    /// rate the MongoDB test server sustains: throughput, CPU, recovery point,
+    /// memory; then replay against bulk inserts.
+    Pitr {
+        /// The server (default: the test server).
+        #[arg(
+            long,
+            env = "FERRY_TEST_MONGO_URL",
+            default_value = "mongodb://127.0.0.1:57017"
+        )]
+        url: String,
+        /// Operations of the first phase (the second makes twice as many).
+        #[arg(long, default_value_t = 60_000)]
+        ops: usize,
+        /// Concurrent writers.
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        /// The source's `segment_span`.
+        #[arg(long, default_value = "10s")]
+        span: String,
+    },
     /// Retention of one source with 10,000 backups and 1,000,000 objects (fs store).
     Retention {
         /// Backups of the source (each references 100 objects).
@@ -175,6 +201,12 @@ async fn main() -> anyhow::Result<()> {
             parallel,
         } => mongo::child(url, db, out, parallel).await,
         Bench::Retention { backups, dir } => retention::run(backups, dir).await,
+        Bench::Pitr {
+            url,
+            ops,
+            writers,
+            span,
+        } => pitr::run(url, ops, writers, span).await,
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod mongo;
 pub mod otlp;
+pub mod pitr;
 pub mod processes;
 
 use std::path::PathBuf;
@@ -132,6 +133,17 @@ impl TestEnv {
     /// Whether Ferry is still running (no worker stopped).
     pub fn ferry_is_running(&self) -> bool {
         self.ferry.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
+    /// Starts every worker again after [`TestEnv::stop`], on the same NATS, store
+    /// and configuration: a fleet coming back after downtime.
+    pub async fn restart(&mut self) {
+        assert!(self.ferry.is_none(), "stop before restarting");
+        let rt = Runtime::with_client(self.config.clone(), self.client.clone())
+            .await
+            .expect("declare streams");
+        self.shutdown = CancellationToken::new();
+        self.ferry = Some(tokio::spawn(ferry::run_all(rt, self.shutdown.clone())));
     }
 
     /// Stops every worker and returns how `run_all` ended.

@@ -75,6 +75,7 @@ pub fn binary(name: &str) -> PathBuf {
         "crates/runtime/src".into(),
         "crates/telemetry/src".into(),
         "crates/storage/src".into(),
+        "crates/mongo/src".into(),
         "proto/src".into(),
     ];
     for dir in sources {

@@ -186,6 +186,14 @@ impl Source {
         self
     }
 
+    /// `pitr = { enabled = true, segment_span = span }`: continuous capture.
+    pub fn pitr(self, span: &str) -> Source {
+        let mut pitr = Table::new();
+        pitr.insert("enabled".into(), true.into());
+        pitr.insert("segment_span".into(), span.into());
+        self.set("pitr", Value::Table(pitr))
+    }
+
     /// `password_file`: the file the password is read from.
     pub fn password_file(self, path: &Path) -> Source {
         self.set("password_file", path_value(path))

@@ -25,6 +25,11 @@ pub struct MongoStart {
     /// Users created before the server restarts with authentication required:
     /// (name, password, roles as `{role, db}` documents). Empty: no authentication.
     pub users: Vec<(String, String, Vec<Document>)>,
+    /// `--noop-heartbeat-seconds`: no-op oplog entries this often, so a quiet
+    /// server's cluster time advances as mongod's does (every 10 s there).
+    pub noop_heartbeat_seconds: Option<u32>,
+    /// `--oplog-max-entries`: a small oplog, for a test that needs history lost.
+    pub oplog_max_entries: Option<u64>,
 }
 
 fn venv_bin(name: &str) -> PathBuf {
@@ -157,6 +162,12 @@ fn spawn(dir: &tempfile::TempDir, port: u16, opts: &MongoStart, auth: bool) -> C
         .stderr(Stdio::null());
     if opts.test_commands {
         cmd.arg("--enable-test-commands");
+    }
+    if let Some(n) = opts.noop_heartbeat_seconds {
+        cmd.arg("--noop-heartbeat-seconds").arg(n.to_string());
+    }
+    if let Some(n) = opts.oplog_max_entries {
+        cmd.arg("--oplog-max-entries").arg(n.to_string());
     }
     if auth {
         cmd.arg("--auth");

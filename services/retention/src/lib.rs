@@ -218,7 +218,44 @@ impl Retention {
             catalog.delete(&source.name, &d.id).await?;
             tracing::info!(source = %source.name, backup_id = %d.id, rule = d.rule, "expired backup deleted");
         }
+        self.expire_segments(&catalog, source, &plan).await?;
         Ok(plan)
+    }
+
+    /// Point-in-time records older than the consistent point of the oldest base
+    /// backup a rule keeps: no restore can start before that backup, so the
+    /// changes before it serve nothing. A keep mark keeps the marked backup
+    /// itself (restorable to its own consistent point), not the changes after it:
+    /// the window a marked backup opened goes with the rules' oldest backup.
+    async fn expire_segments(
+        &self,
+        catalog: &Catalog<'_>,
+        source: &SourceConfig,
+        plan: &Plan,
+    ) -> Result<(), RetentionError> {
+        if source.engine != ferry_runtime::config::EngineKind::Mongodb {
+            return Ok(());
+        }
+        let Some(oldest) = plan.keep.iter().rev().find(|d| d.rule != "keep_mark") else {
+            return Ok(());
+        };
+        let manifest = match catalog.read(&source.name, &oldest.id).await {
+            Ok(m) => m,
+            // Deleted under us, or unreadable: keep every record this run.
+            Err(e) => {
+                tracing::warn!(source = %source.name, backup_id = %oldest.id, error = %e, "oldest kept backup unreadable; no point-in-time records expired");
+                return Ok(());
+            }
+        };
+        let Some(point) = manifest.mongodb.as_ref().map(|m| m.end_time) else {
+            return Ok(());
+        };
+        let point = ferry_storage::pitr::ClusterTime::new(point.seconds, point.increment);
+        let deleted = catalog.expire_pitr_records(&source.name, point).await?;
+        if deleted > 0 {
+            tracing::info!(source = %source.name, records = deleted, before = %point, "expired point-in-time records older than the oldest kept base backup");
+        }
+        Ok(())
     }
 
     /// Collects garbage under the collection lease; `None` when another replica is

@@ -455,3 +455,95 @@ async fn objects_of_point_in_time_segments_are_never_collected() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn point_in_time_records_expire_with_the_oldest_base_backup_a_rule_keeps() {
+    use ferry_storage::pitr::{ClusterTime, GapRecord, RECORD_FORMAT, RecordKind};
+    let env = Env::start(StoreKind::Fs, POLICY).await;
+    let source = "catalog";
+    let catalog = ferry_storage::Catalog::new(env.store.as_ref());
+    // Four base backups, an hour apart, consistent at 1000, 2000, 3000, 4000.
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let at = start() + chrono::Duration::hours(i as i64);
+        ids.push(env.mongo_backup(source, at, i, 1000 * (i as u32 + 1)).await);
+    }
+    // The oldest is marked: kept, but it keeps no changes (see the README).
+    catalog.set_keep_mark(source, &ids[0], true).await.unwrap();
+    let gap = GapRecord {
+        format: RECORD_FORMAT,
+        source: source.into(),
+        start: ClusterTime::new(400, 1),
+        end: ClusterTime::new(500, 1),
+        cause: "test".into(),
+        detected_at: Utc::now(),
+    };
+    assert!(catalog.record_gap(&gap).await.unwrap());
+    let mut segments = Vec::new();
+    for (from, to) in [
+        (500, 1000),
+        (1000, 1500),
+        (1500, 2500),
+        (2500, 3500),
+        (3500, 4500),
+    ] {
+        let object = env
+            .put_object(format!("changes {from}-{to}").as_bytes())
+            .await;
+        let mut record = segment_record(&object, from, to);
+        record.source = source.into();
+        assert!(catalog.commit_segment(&record).await.unwrap());
+        segments.push((from, to));
+    }
+
+    let retention = env.retention(env.store.clone()).await;
+    let now = start() + chrono::Duration::hours(5);
+    let run = retention
+        .run_source(&env.source(source), "job-pitr", now, false)
+        .await
+        .unwrap();
+    // keep_last = 2 keeps the backups consistent at 3000 and 4000; the mark keeps
+    // the first.
+    assert_eq!(run.plan.delete.len(), 1, "{:?}", run.plan);
+    let left: Vec<(RecordKind, u32, u32)> = catalog
+        .pitr_records(source)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.kind, r.start.t, r.end.t))
+        .collect();
+    assert_eq!(
+        left,
+        [
+            (RecordKind::Segment, 2500, 3500),
+            (RecordKind::Segment, 3500, 4500)
+        ],
+        "only what a restore from the backup consistent at 3000 needs"
+    );
+    // A restore from that backup still has its whole chain.
+    let timeline = catalog.timeline(source).await.unwrap();
+    assert!(
+        timeline
+            .window_covering(ClusterTime::new(3000, 1), ClusterTime::new(4500, 1))
+            .is_some()
+    );
+
+    // Never the newest record, where capture resumes, even when every backup is
+    // newer than it.
+    let at = start() + chrono::Duration::hours(6);
+    env.mongo_backup(source, at, 9, 9000).await;
+    env.mongo_backup(source, at + chrono::Duration::minutes(1), 10, 9500)
+        .await;
+    retention
+        .run_source(
+            &env.source(source),
+            "job-pitr-2",
+            at + chrono::Duration::hours(1),
+            false,
+        )
+        .await
+        .unwrap();
+    let left = catalog.pitr_records(source).await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].end.t, 4500);
+}

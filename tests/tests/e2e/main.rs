@@ -13,6 +13,8 @@ mod mongo_roundtrip;
 mod nats_spool;
 mod operations;
 mod pipeline;
+mod pitr;
+mod pitr_failures;
 mod postgres_failures;
 mod postgres_roundtrip;
 mod storage;

@@ -89,6 +89,14 @@ impl Env {
                     .set("timeout", "1s")
                     .set("retention", policy),
             )
+            // A MongoDB source with capture on: its point-in-time records expire
+            // with its backups.
+            .source(
+                Source::mongodb("catalog", "mongodb://127.0.0.1:1/", &["shop"])
+                    .set("timeout", "1s")
+                    .pitr("10m")
+                    .keep_last(2),
+            )
             .to_toml();
         let config = Config::from_toml(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
         let client = nats.client().await;
@@ -159,6 +167,44 @@ impl Env {
             "job_id": format!("job-{i}"), "server_version": "15", "tool_version": "pg_dump 15",
             "started_at": at, "completed_at": at, "databases": ["db"], "files": files,
             "bytes_total": 0, "bytes_uploaded": 0, "bytes_reused": 0,
+        });
+        let m: Manifest = serde_json::from_value(manifest).expect("a valid manifest");
+        assert!(
+            self.store
+                .put_if_absent(&manifest_key(source, &id), m.to_json().into())
+                .await
+                .unwrap()
+        );
+        id
+    }
+
+    /// A MongoDB backup `i` of `source` at `at` whose consistent point is the
+    /// cluster time `point.1`.
+    pub async fn mongo_backup(
+        &self,
+        source: &str,
+        at: DateTime<Utc>,
+        i: usize,
+        point: u32,
+    ) -> String {
+        let id = format!("{}-{:08x}", at.format("%Y%m%dT%H%M%SZ"), i);
+        let content = format!("collection data of backup {i}").into_bytes();
+        let key = put_object(self.store.as_ref(), &content).await;
+        let manifest = serde_json::json!({
+            "format": 1, "backup_id": id, "source": source, "engine": "mongodb",
+            "job_id": format!("job-{i}"), "server_version": "8.2", "tool_version": "ferry-dumper",
+            "started_at": at, "completed_at": at, "databases": ["shop"],
+            "files": [{
+                "name": "shop/items.bson.zst", "object": key, "size": content.len(),
+                "sha256": hex::encode(Sha256::digest(&content)), "compression": "zstd", "reused": false,
+            }],
+            "bytes_total": 0, "bytes_uploaded": 0, "bytes_reused": 0,
+            "mongodb": {
+                "start_time": { "seconds": point - 1, "increment": 1 },
+                "end_time": { "seconds": point, "increment": 1 },
+                "oplog_captured": true, "oplog_entries": 0,
+                "feature_compatibility_version": "8.0", "collections": [],
+            },
         });
         let m: Manifest = serde_json::from_value(manifest).expect("a valid manifest");
         assert!(
