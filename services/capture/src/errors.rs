@@ -27,9 +27,9 @@ pub enum CaptureError {
         source_name: String,
         /// What capture was doing.
         what: String,
-        /// The driver's error.
+        /// The driver's error (boxed: it is large, and errors travel by value).
         #[source]
-        cause: mongodb::error::Error,
+        cause: Box<mongodb::error::Error>,
     },
     /// The store failed.
     #[error("source {source_name}: {what}")]
@@ -40,7 +40,7 @@ pub enum CaptureError {
         what: String,
         /// The store's error.
         #[source]
-        cause: StorageError,
+        cause: Box<StorageError>,
     },
     /// A point-in-time record could not be read.
     #[error("source {source_name}: {what}")]
@@ -51,7 +51,7 @@ pub enum CaptureError {
         what: String,
         /// The catalog's error.
         #[source]
-        cause: CatalogError,
+        cause: Box<CatalogError>,
     },
     /// The segment file in the work directory failed.
     #[error("source {source_name}: the segment file {path}")]
@@ -77,6 +77,6 @@ pub enum CaptureError {
         what: String,
         /// The error.
         #[source]
-        cause: ferry_runtime::publisher::PublishError,
+        cause: Box<ferry_runtime::publisher::PublishError>,
     },
 }

@@ -48,7 +48,7 @@ impl SourceCapture {
             .map_err(|e| CaptureError::Store {
                 source_name: source.to_string(),
                 what: format!("writing the gap record {key}"),
-                cause: e,
+                cause: Box::new(e),
             })?;
         self.metrics.record_gap(source, f64::from(end.time));
         let requested_job_id = self
@@ -79,7 +79,7 @@ impl SourceCapture {
             .map_err(|cause| CaptureError::Publish {
                 source_name: source.to_string(),
                 what: format!("the gap event of {key}"),
-                cause,
+                cause: Box::new(cause),
             })?;
         Ok(())
     }

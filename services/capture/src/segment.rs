@@ -140,7 +140,7 @@ impl SegmentWriter {
             .map_err(|cause| CaptureError::Store {
                 source_name: source.clone(),
                 what: format!("checking for segment object {object}"),
-                cause,
+                cause: Box::new(cause),
             })?
             .is_some_and(|m| m.size == size);
         if !stored {
@@ -152,7 +152,7 @@ impl SegmentWriter {
                     .map_err(|cause| CaptureError::Store {
                         source_name: source.clone(),
                         what: format!("storing segment object {object}"),
-                        cause,
+                        cause: Box::new(cause),
                     })?;
             if written != size {
                 return Err(CaptureError::Source {
@@ -244,7 +244,7 @@ pub async fn commit(
         .map_err(|cause| CaptureError::Store {
             source_name: source.to_string(),
             what: format!("committing segment {}-{}", record.start, record.end),
-            cause,
+            cause: Box::new(cause),
         })?;
     if !written {
         return Err(CaptureError::Source {

@@ -100,7 +100,7 @@ impl SourceCapture {
         move |cause| CaptureError::Server {
             source_name: self.source.name.clone(),
             what: what.clone(),
-            cause,
+            cause: Box::new(cause),
         }
     }
 
@@ -366,7 +366,7 @@ impl SourceCapture {
             .map_err(|cause| CaptureError::Publish {
                 source_name: record.source.clone(),
                 what: format!("the segment event of {key}"),
-                cause,
+                cause: Box::new(cause),
             })
     }
 
@@ -382,7 +382,7 @@ impl SourceCapture {
                 .map_err(|cause| CaptureError::Store {
                     source_name: self.name().to_string(),
                     what: "listing the committed segments".into(),
-                    cause,
+                    cause: Box::new(cause),
                 })?;
         let newest = records
             .iter()
@@ -418,7 +418,7 @@ impl SourceCapture {
                     .map_err(|cause| CaptureError::Catalog {
                         source_name: self.name().to_string(),
                         what: format!("reading the last segment record {}", r.key()),
-                        cause,
+                        cause: Box::new(cause),
                     })?
                     .ok_or_else(|| CaptureError::Source {
                         source_name: self.name().to_string(),

@@ -300,4 +300,44 @@ async fn history_lost_while_capture_is_down_is_a_gap_never_silent() {
         .unwrap();
     assert_eq!(plan.base.backup_id, second.backup_id);
     restore_and_compare(store.as_ref(), &server, &client, &plan, &log, "after_gap").await;
+
+    // The same refusals from the CLI: a message naming the reason, a non-zero
+    // exit, and nothing written to the target.
+    let cli = TestConfig::new()
+        .nats(env.nats.url())
+        .fs_store(&env.dir.path().join("store"))
+        .source(Source::mongodb("shop", server.url(), &["shop"]).pitr("2s"))
+        .source(Source::mongodb("plain", server.url(), &["shop"]))
+        .write(&env.dir.path().join("cli.toml"));
+    let future = (Utc::now() + chrono::Duration::hours(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let early = ClusterTime::new(consistent_point(&first).t - 600, 1).to_string();
+    let in_gap = in_gap.to_string();
+    let cases: [(&str, &[&str], &str); 5] = [
+        ("shop", &["--at", "10:30 yesterday"], "RFC 3339"),
+        ("shop", &["--at", &future], "in the future"),
+        ("shop", &["--at-op", &early], "before the first base backup"),
+        ("shop", &["--at-op", &in_gap], "were not captured"),
+        ("plain", &["--at-op", &in_gap], "has no captured changes"),
+    ];
+    for (i, (source, args, expected)) in cases.iter().enumerate() {
+        let target = format!("refused_{i}");
+        let out = tokio::process::Command::new(binary("ferry"))
+            .arg("--config")
+            .arg(&cli)
+            .args(["restore", "--source", source, "--to", server.url()])
+            .args(["--rename-db", &format!("shop:{target}")])
+            .args(*args)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} is refused: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        let names = client.list_database_names().await.unwrap();
+        assert!(
+            !names.contains(&target),
+            "{args:?} wrote nothing: {names:?}"
+        );
+    }
 }
