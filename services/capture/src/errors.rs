@@ -54,7 +54,7 @@ pub enum CaptureError {
         cause: Box<CatalogError>,
     },
     /// The segment file in the work directory failed.
-    #[error("source {source_name}: the segment file {path}")]
+    #[error("source {source_name}: writing {path}")]
     WorkDir {
         /// The source.
         source_name: String,

@@ -80,13 +80,8 @@ pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()>
         .get_key_value(subjects::LOCKS_BUCKET)
         .await
         .map_err(|e| anyhow::anyhow!("opening the lease bucket {}: {e}", subjects::LOCKS_BUCKET))?;
+    // Created when a source is first captured: a fleet without capture has none.
     let work_dir = config.work_dir(&rt.config);
-    std::fs::create_dir_all(&work_dir).map_err(|e| {
-        anyhow::anyhow!(
-            "failed to create the capture directory {} (capture.work_dir): {e}",
-            work_dir.display()
-        )
-    })?;
     segment::remove_stale(&work_dir);
     let metrics = CaptureMetrics::register(&rt.metrics);
     let supervisor = Supervisor {

@@ -33,6 +33,7 @@ use ferry_runtime::secrets::{SecretSource, read_secret};
 use ferry_runtime::{Outgoing, Runtime, msg_id};
 use ferry_storage::pitr::{Link, RecordKind, SegmentRecord, segment_key};
 use ferry_storage::{Catalog, ObjectStore};
+use futures::{FutureExt, StreamExt};
 use mongodb::Client;
 use mongodb::bson::{RawDocumentBuf, Timestamp, doc};
 use mongodb::change_stream::ChangeStream;
@@ -88,6 +89,9 @@ enum Cut {
     Size,
     /// The capture is stopping.
     Final,
+    /// A base backup's consistent point: every base backup starts a segment, so
+    /// restores from it read no change it already holds.
+    Base(Timestamp),
 }
 
 impl SourceCapture {
@@ -107,6 +111,11 @@ impl SourceCapture {
     /// Captures until `stop` (committing what it has) or the lease is lost
     /// (committing nothing: another replica may be capturing).
     pub async fn run(&self, lease: &Lease, stop: CancellationToken) -> Result<(), CaptureError> {
+        std::fs::create_dir_all(&self.work_dir).map_err(|cause| CaptureError::WorkDir {
+            source_name: self.name().to_string(),
+            path: format!("{} (capture.work_dir)", self.work_dir.display()),
+            cause,
+        })?;
         let password = self.password()?;
         let client = ferry_mongo::client(
             &self.source.url,
@@ -154,12 +163,33 @@ impl SourceCapture {
         let mut last_token: Option<ResumeToken> = None;
         let mut opened = Instant::now();
         let mut unreplayable = std::collections::BTreeSet::new();
+        // The source's completed dumps: their consistent points become boundaries.
+        let mut dumped = self
+            .rt
+            .nats
+            .subscribe(EventKind::Dumped.subject(self.name()))
+            .await
+            .map_err(|e| CaptureError::Source {
+                source_name: self.name().to_string(),
+                message: format!("subscribing to its dump events: {e}"),
+            })?;
+        let mut boundary: Option<Timestamp> = None;
         loop {
             if lease.lost.is_cancelled() {
                 return Err(CaptureError::LeaseLost(self.name().to_string()));
             }
+            // Polled between replies, never awaited: no event of the stream waits.
+            while let Some(Some(message)) = dumped.next().now_or_never() {
+                if let Some(end) = consistent_point(&message.payload)
+                    && end > position.at
+                {
+                    boundary = Some(boundary.map_or(end, |b| b.min(end)));
+                }
+            }
             let cut = if stop.is_cancelled() {
                 Some(Cut::Final)
+            } else if let Some(end) = boundary.take() {
+                Some(Cut::Base(end))
             } else if segment.raw_size >= max {
                 Some(Cut::Size)
             } else if opened.elapsed() >= span {
@@ -168,7 +198,7 @@ impl SourceCapture {
                 None
             };
             if let Some(cut) = cut {
-                let (next, carry) = self
+                let (next, rest, carried) = self
                     .cut(
                         &client,
                         &mut stream,
@@ -180,12 +210,9 @@ impl SourceCapture {
                     )
                     .await?;
                 position = next;
-                segment = SegmentWriter::create(&self.work_dir, self.name())?;
+                segment = rest;
+                last_token = carried;
                 opened = Instant::now();
-                if let Some((event, ts)) = carry {
-                    self.append(&mut segment, &event, ts, &filter, &mut unreplayable)?;
-                    last_token = event_token(&event);
-                }
                 if cut == Cut::Final {
                     return Ok(());
                 }
@@ -219,7 +246,7 @@ impl SourceCapture {
     ) -> Result<(), CaptureError> {
         let before = unreplayable.len();
         for entry in to_oplog(event, ts, filter, unreplayable) {
-            segment.append(entry.as_bytes())?;
+            segment.append(entry.as_bytes(), ts)?;
         }
         if unreplayable.len() > before {
             tracing::warn!(
@@ -231,8 +258,10 @@ impl SourceCapture {
         Ok(())
     }
 
-    /// Reads up to a fence, commits the segment as `(position.at, fence]`, and
-    /// returns the new position and the first event after the fence, if one came.
+    /// Reads up to a fence (the server's cluster time now, or a base backup's
+    /// consistent point), commits the segment as `(position.at, fence]`, and
+    /// returns the new position, the next segment (holding what came after the
+    /// fence) and the resume token of its newest event.
     #[allow(clippy::too_many_arguments)]
     async fn cut(
         &self,
@@ -243,11 +272,14 @@ impl SourceCapture {
         mut last_token: Option<ResumeToken>,
         filter: &CollectionFilter,
         cut: Cut,
-    ) -> Result<(Position, Option<(RawDocumentBuf, Timestamp)>), CaptureError> {
-        let fence = ferry_mongo::cluster_time_now(client)
-            .await
-            .map_err(self.server("reading the cluster time"))?
-            .ok_or_else(|| CaptureError::NoChangeStreams(self.name().to_string()))?;
+    ) -> Result<(Position, SegmentWriter, Option<ResumeToken>), CaptureError> {
+        let fence = match cut {
+            Cut::Base(at) => at,
+            _ => ferry_mongo::cluster_time_now(client)
+                .await
+                .map_err(self.server("reading the cluster time"))?
+                .ok_or_else(|| CaptureError::NoChangeStreams(self.name().to_string()))?,
+        };
         let fenced_at = Instant::now();
         let mut carry = None;
         let mut unreplayable = std::collections::BTreeSet::new();
@@ -281,16 +313,39 @@ impl SourceCapture {
                 }
             }
         }
+        // A base backup's point: what was read past it goes to the next segment,
+        // whose events' tokens are the ones known; the part committed now resumes
+        // by its cluster time.
+        let tail = match cut {
+            Cut::Base(_) => Some(segment.split_after(fence)?),
+            _ => None,
+        };
+        let tail_has = tail.as_ref().is_some_and(|t| t.operations > 0);
+        let head_token = if tail_has {
+            None
+        } else {
+            last_token.clone().or_else(|| position.token.clone())
+        };
+        let mut rest = match tail {
+            Some(t) => t,
+            None => SegmentWriter::create(&self.work_dir, self.name())?,
+        };
+        let mut rest_token = if tail_has { last_token } else { None };
+        if let Some((event, ts)) = carry {
+            self.append(&mut rest, &event, ts, filter, &mut unreplayable)?;
+            rest_token = event_token(&event);
+        }
         if fence <= position.at {
             // Nothing happened on the server since the last commit: nothing to
             // commit (and on a final cut, nothing lost).
             return Ok((
                 Position {
                     at: position.at,
-                    token: last_token.or_else(|| position.token.clone()),
+                    token: head_token,
                     prev: position.prev.clone(),
                 },
-                carry,
+                rest,
+                rest_token,
             ));
         }
         let span = tracing::info_span!(
@@ -303,7 +358,7 @@ impl SourceCapture {
         let record = async {
             let sealed = segment.seal(self.store.as_ref()).await?;
             let catalog = Catalog::new(self.store.as_ref());
-            let token = last_token.clone().or_else(|| position.token.clone());
+            let token = head_token.clone();
             let record = segment::commit(
                 &catalog,
                 self.name(),
@@ -326,13 +381,14 @@ impl SourceCapture {
         Ok((
             Position {
                 at: fence,
-                token: last_token.or_else(|| position.token.clone()),
+                token: head_token,
                 prev: Some(Link {
                     end: record.end,
                     sha256: record.sha256.clone(),
                 }),
             },
-            carry,
+            rest,
+            rest_token,
         ))
     }
 
@@ -537,6 +593,17 @@ impl SourceCapture {
                 message: format!("its password: {e}"),
             })
     }
+}
+
+/// The consistent point of a MongoDB dump, from its `DumpCompleted`.
+fn consistent_point(payload: &[u8]) -> Option<Timestamp> {
+    use ferry_proto::Message;
+    let dumped = ferry_proto::v1::DumpCompleted::decode(payload).ok()?;
+    let end = dumped.mongodb?.end_time?;
+    Some(Timestamp {
+        time: end.seconds,
+        increment: end.increment,
+    })
 }
 
 fn event_time(event: &RawDocumentBuf, source: &str) -> Result<Timestamp, CaptureError> {

@@ -30,6 +30,7 @@ fn readiness_is_what_each_service_declares_and_ferry_up_the_union() {
             ("ferry-uploader", true),
             ("ferry-retention", true),
             ("ferry-notifier", false),
+            ("ferry-capture", true),
         ]
     );
     assert_eq!(ReadinessNeeds::of(SERVICES), ReadinessNeeds { store: true });

@@ -479,7 +479,8 @@ async fn point_in_time_records_expire_with_the_oldest_base_backup_a_rule_keeps()
         detected_at: Utc::now(),
     };
     assert!(catalog.record_gap(&gap).await.unwrap());
-    let mut segments = Vec::new();
+    // One chain, each segment linked to the one before.
+    let mut prev: Option<ferry_storage::pitr::Link> = None;
     for (from, to) in [
         (500, 1000),
         (1000, 1500),
@@ -492,8 +493,12 @@ async fn point_in_time_records_expire_with_the_oldest_base_backup_a_rule_keeps()
             .await;
         let mut record = segment_record(&object, from, to);
         record.source = source.into();
+        record.prev = prev.take();
         assert!(catalog.commit_segment(&record).await.unwrap());
-        segments.push((from, to));
+        prev = Some(ferry_storage::pitr::Link {
+            end: record.end,
+            sha256: record.sha256.clone(),
+        });
     }
 
     let retention = env.retention(env.store.clone()).await;
@@ -525,7 +530,8 @@ async fn point_in_time_records_expire_with_the_oldest_base_backup_a_rule_keeps()
     assert!(
         timeline
             .window_covering(ClusterTime::new(3000, 1), ClusterTime::new(4500, 1))
-            .is_some()
+            .is_some(),
+        "{timeline:?}"
     );
 
     // Never the newest record, where capture resumes, even when every backup is

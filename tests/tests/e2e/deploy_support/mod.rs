@@ -61,7 +61,7 @@ pub fn worker_binaries() -> BTreeSet<String> {
             workers.insert(format!("ferry-{name}"));
         }
     }
-    assert_eq!(workers.len(), 5, "{workers:?}");
+    assert_eq!(workers.len(), 6, "{workers:?}");
     workers
 }
 
