@@ -133,6 +133,30 @@ async fn restores_to_random_instants_give_the_state_of_that_instant() {
         assert_same_state(&restored, &expected, &what);
     }
     assert_eq!(bases_used.len(), 2, "both base backups served");
+
+    // --collection keeps working with --at: only that collection, as it was.
+    let target = Target::Op(after[after.len() / 2]);
+    let plan = pitr::plan(store.as_ref(), "shop", target, Utc::now())
+        .await
+        .unwrap();
+    let options = MongoRestoreOptions {
+        to: server.url().to_string(),
+        rename_db: [("shop".to_string(), "orders_only".to_string())].into(),
+        collection: Some("shop.orders".into()),
+        parallel_collections: 2,
+        parallel_batches: 4,
+        ..Default::default()
+    };
+    pitr::restore(store.as_ref(), &plan, &options)
+        .await
+        .unwrap_or_else(|e| panic!("restore of shop.orders to {target}: {e:#}"));
+    let mut expected = state_at(&log, plan.target);
+    expected.retain(|coll, _| coll == "orders");
+    assert_same_state(
+        &restored_state(&client, "orders_only").await,
+        &expected,
+        &format!("shop.orders alone at {target}"),
+    );
     assert!(
         segments_used.len() >= 3,
         "the targets fall in {} segments",
