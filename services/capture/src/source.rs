@@ -148,6 +148,16 @@ impl SourceCapture {
                     .await
                     .map_err(self.server("opening the change stream"))?
             }
+            // A token the server does not take (the source's databases changed,
+            // so the stream's kind did): resume by cluster time, which every kind
+            // of stream takes.
+            Err(e) if position.token.is_some() && ferry_mongo::server_code(&e).is_some() => {
+                tracing::warn!(source = %self.name(), error = %e, "the server refused the resume token; resuming by cluster time");
+                position.token = None;
+                self.open(&client, &position)
+                    .await
+                    .map_err(self.server("opening the change stream"))?
+            }
             Err(e) => return Err(self.server("opening the change stream (the capture user needs the changeStream and find privileges on the source's databases)")(e)),
         };
         self.metrics.record_start(
@@ -223,6 +233,31 @@ impl SourceCapture {
                 .await
                 .map_err(self.server("reading the change stream"))?
             else {
+                if !stream.is_alive() {
+                    // Invalidated (a database-level stream whose database was
+                    // dropped): commit through the drop, then a new stream after it.
+                    tracing::info!(source = %self.name(), "the change stream was invalidated (its database dropped?); opening a new one after it");
+                    let (next, rest, _) = self
+                        .cut(
+                            &client,
+                            &mut stream,
+                            segment,
+                            &position,
+                            last_token.take(),
+                            &filter,
+                            Cut::Span,
+                        )
+                        .await?;
+                    position = next;
+                    position.token = None;
+                    segment = rest;
+                    opened = Instant::now();
+                    tokio::time::sleep(AWAIT).await;
+                    stream = self
+                        .open(&client, &position)
+                        .await
+                        .map_err(self.server("reopening the change stream"))?;
+                }
                 continue;
             };
             let ts = event_time(&event, self.name())?;
@@ -302,6 +337,8 @@ impl SourceCapture {
                     self.append(&mut segment, &event, ts, filter, &mut unreplayable)?;
                     last_token = event_token(&event);
                 }
+                // A dead stream (invalidated) brings nothing more.
+                None if !stream.is_alive() => break,
                 None => {
                     let token_past = stream
                         .resume_token()
@@ -546,8 +583,8 @@ impl SourceCapture {
     }
 
     /// Opens the change stream after `position`: at its resume token when there is
-    /// one, else at its cluster time (events at that very time are skipped by the
-    /// caller, being committed already). Majority read concern: only changes that
+    /// one, else just after its cluster time (every change at that time itself is
+    /// committed). Majority read concern: only changes that
     /// cannot be rolled back are captured.
     async fn open(
         &self,
@@ -575,7 +612,8 @@ impl SourceCapture {
             .read_concern(ReadConcern::majority());
         let watch = match &position.token {
             Some(token) => watch.resume_after(token.clone()),
-            None => watch.start_at_operation_time(position.at),
+            // Strictly after: every change at `at` itself is committed.
+            None => watch.start_at_operation_time(just_after(position.at)),
         };
         Ok(watch.await?.with_type::<RawDocumentBuf>())
     }
@@ -592,6 +630,20 @@ impl SourceCapture {
                 source_name: self.name().to_string(),
                 message: format!("its password: {e}"),
             })
+    }
+}
+
+/// The first cluster time after `t`.
+fn just_after(t: Timestamp) -> Timestamp {
+    match t.increment.checked_add(1) {
+        Some(increment) => Timestamp {
+            time: t.time,
+            increment,
+        },
+        None => Timestamp {
+            time: t.time + 1,
+            increment: 0,
+        },
     }
 }
 
