@@ -125,13 +125,10 @@ enum Bench {
     /// rate the MongoDB test server sustains: throughput, CPU, recovery point,
     /// memory; then replay against bulk inserts.
     Pitr {
-        /// The server (default: the test server).
-        #[arg(
-            long,
-            env = "FERRY_TEST_MONGO_URL",
-            default_value = "mongodb://127.0.0.1:57017"
-        )]
-        url: String,
+        /// The server (default: a SecantusDB server of its own, with mongod's
+        /// 10 s no-op heartbeat, so earlier tests' data cannot slow it).
+        #[arg(long)]
+        url: Option<String>,
         /// Operations of the first phase (the second makes twice as many).
         #[arg(long, default_value_t = 60_000)]
         ops: usize,

@@ -24,7 +24,7 @@ use ferry_proto::Message;
 use ferry_proto::subjects::EventKind;
 use ferry_proto::v1::SegmentStored;
 use ferry_storage::pitr::ClusterTime;
-use ferry_storage::{Catalog, FsStore, Manifest};
+use ferry_storage::{Catalog, Manifest};
 use ferry_testkit::{NatsServer, Source, TestConfig};
 use futures::StreamExt;
 use mongodb::Client;
@@ -126,11 +126,24 @@ fn peak_rss_of(pid: u32) -> f64 {
 }
 
 /// Runs the benchmark.
-pub async fn run(url: String, ops: usize, writers: usize, span: String) -> anyhow::Result<()> {
-    let url = if url.contains('?') {
-        url
-    } else {
-        format!("{}/?directConnection=true", url.trim_end_matches('/'))
+pub async fn run(
+    url: Option<String>,
+    ops: usize,
+    writers: usize,
+    span: String,
+) -> anyhow::Result<()> {
+    let own;
+    let url = match url {
+        Some(url) if url.contains('?') => url,
+        Some(url) => format!("{}/?directConnection=true", url.trim_end_matches('/')),
+        None => {
+            own = ferry_testkit::MongoServer::start(ferry_testkit::MongoStart {
+                noop_heartbeat_seconds: Some(10),
+                ..Default::default()
+            })
+            .await;
+            own.url().to_string()
+        }
     };
     let client = Client::with_uri_str(&url).await?;
     let db = "ferry_bench_pitr";
@@ -153,14 +166,15 @@ pub async fn run(url: String, ops: usize, writers: usize, span: String) -> anyho
     // 2. With capture.
     let nats = NatsServer::start().await;
     let dir = tempfile::tempdir()?;
-    let store_dir = dir.path().join("store");
+    let dir = dir.keep();
+    let store_dir = dir.join("store");
     let config = TestConfig::new()
         .nats(nats.url())
-        .dir_spool(&dir.path().join("spool"))
+        .dir_spool(&dir.join("spool"))
         .fs_store(&store_dir)
         .set("capture", "poll", "200ms")
         .source(Source::mongodb(SOURCE, &url, &[db]).pitr(&span))
-        .write(&dir.path().join("ferry.toml"));
+        .write(&dir.join("ferry.toml"));
     let exe = std::env::current_exe()?;
     let capture_bin = exe.with_file_name("ferry-capture");
     anyhow::ensure!(
@@ -168,6 +182,7 @@ pub async fn run(url: String, ops: usize, writers: usize, span: String) -> anyho
         "{} is missing: cargo build --release -p ferry-bench -p ferry-capture",
         capture_bin.display()
     );
+    println!("capture's configuration, store and log: {}", dir.display());
     let nats_client = nats.client().await;
     let mut segments = nats_client
         .subscribe(EventKind::Segment.subject(SOURCE))
@@ -182,7 +197,7 @@ pub async fn run(url: String, ops: usize, writers: usize, span: String) -> anyho
         .env("FERRY_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("capture.log"))?)
+        .stderr(std::fs::File::create(dir.join("capture.log"))?)
         .kill_on_drop(true)
         .spawn()?;
     let pid = child.id().expect("a running child");
@@ -208,20 +223,21 @@ pub async fn run(url: String, ops: usize, writers: usize, span: String) -> anyho
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(120),
             "capture did not start; see {}",
-            dir.path().join("capture.log").display()
+            dir.join("capture.log").display()
         );
         probe
             .insert_one(doc! { "at": Utc::now().timestamp() })
             .await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let chain_start = Catalog::new(&FsStore::new(&store_dir, "")?)
-        .timeline(SOURCE)
-        .await?
-        .windows
-        .first()
-        .map(|w| w.from)
-        .expect("a window");
+    // The store as the capture opens it (its prefix included).
+    let parsed = ferry_runtime::Config::from_toml(&std::fs::read_to_string(&config)?)?;
+    let store = ferry_runtime::store::open(&parsed.storage)?;
+    let store = store.as_ref();
+    let timeline = Catalog::new(store).timeline(SOURCE).await?;
+    let chain_start = timeline.windows.first().map(|w| w.from).ok_or_else(|| {
+        anyhow::anyhow!("capture committed a segment but the store shows no window: {timeline:?}")
+    })?;
 
     let mut samples = Vec::new();
     let mut phases = Vec::new();
@@ -285,7 +301,6 @@ pub async fn run(url: String, ops: usize, writers: usize, span: String) -> anyho
 
     // 3. Replay: every captured change into an empty database, from a base backup
     // of nothing consistent at the chain's start.
-    let store = FsStore::new(&store_dir, "")?;
     let at = chain_start.to_datetime();
     let base: Manifest = serde_json::from_value(serde_json::json!({
         "format": 1, "backup_id": format!("{}-00000000", at.format("%Y%m%dT%H%M%SZ")), "source": SOURCE,
@@ -299,13 +314,13 @@ pub async fn run(url: String, ops: usize, writers: usize, span: String) -> anyho
             "feature_compatibility_version": "", "collections": [],
         },
     }))?;
-    Catalog::new(&store).commit(&base).await?;
-    let newest = Catalog::new(&store)
+    Catalog::new(store).commit(&base).await?;
+    let newest = Catalog::new(store)
         .timeline(SOURCE)
         .await?
         .newest()
         .expect("captured");
-    let plan = pitr::plan(&store, SOURCE, Target::Op(newest), Utc::now()).await?;
+    let plan = pitr::plan(store, SOURCE, Target::Op(newest), Utc::now()).await?;
     let replay_db = "ferry_bench_pitr_replay";
     client.database(replay_db).drop().await?;
     let options = MongoRestoreOptions {
@@ -316,7 +331,7 @@ pub async fn run(url: String, ops: usize, writers: usize, span: String) -> anyho
         ..Default::default()
     };
     let t0 = Instant::now();
-    let report = pitr::restore(&store, &plan, &options).await?;
+    let report = pitr::restore(store, &plan, &options).await?;
     let replay = t0.elapsed();
     let replay_rate = report.segment_changes as f64 / replay.as_secs_f64();
 
