@@ -30,6 +30,8 @@ pub struct MongoStart {
     pub noop_heartbeat_seconds: Option<u32>,
     /// `--oplog-max-entries`: a small oplog, for a test that needs history lost.
     pub oplog_max_entries: Option<u64>,
+    /// `--standalone`: no replica set, so no change streams (a standalone mongod).
+    pub standalone: bool,
 }
 
 fn venv_bin(name: &str) -> PathBuf {
@@ -168,6 +170,9 @@ fn spawn(dir: &tempfile::TempDir, port: u16, opts: &MongoStart, auth: bool) -> C
     }
     if let Some(n) = opts.oplog_max_entries {
         cmd.arg("--oplog-max-entries").arg(n.to_string());
+    }
+    if opts.standalone {
+        cmd.arg("--standalone");
     }
     if auth {
         cmd.arg("--auth");

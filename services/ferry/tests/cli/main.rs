@@ -592,3 +592,56 @@ async fn restore_to_a_mongodb_server_with_rename_and_drop() {
     client.database(&db_name).drop().await.unwrap();
     client.database(&copy).drop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capturing_source_on_a_server_without_change_streams_is_refused_naming_it() {
+    use ferry_testkit::{MongoServer, MongoStart};
+    let standalone = MongoServer::start(MongoStart {
+        standalone: true,
+        ..Default::default()
+    })
+    .await;
+    let replica = MongoServer::start(MongoStart::default()).await;
+    let nats = NatsServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    TestConfig::new().nats(nats.url()).write(&config);
+    let add = |name: &'static str, url: String| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            ferry(
+                &config,
+                &[
+                    "sources",
+                    "add",
+                    "--name",
+                    name,
+                    "--engine",
+                    "mongodb",
+                    "--url",
+                    &url,
+                    "--pitr",
+                    "--segment-span",
+                    "5m",
+                ],
+            )
+        })
+    };
+    let refused = add("catalog", standalone.url().to_string()).await.unwrap();
+    let stderr = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("source catalog") && stderr.contains("change streams"),
+        "{stderr}"
+    );
+    let listed = ferry(&config, &["sources", "list", "--json"]);
+    assert!(
+        !text(&listed.stdout).contains("catalog"),
+        "nothing was added"
+    );
+
+    let added = add("catalog", replica.url().to_string()).await.unwrap();
+    assert_eq!(added.status.code(), Some(0), "{}", text(&added.stderr));
+    let listed = text(&ferry(&config, &["sources", "list", "--json"]).stdout);
+    assert!(listed.contains("segment_span"), "{listed}");
+}
