@@ -209,7 +209,12 @@ async fn main() -> anyhow::Result<()> {
 
 /// CPU time (user + system) of this process so far, in seconds.
 pub fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_seconds_of("self")
+}
+
+/// CPU time (user + system) of process `pid` (or `self`) so far, in seconds.
+pub fn cpu_seconds_of(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields 14 and 15 (utime, stime) in clock ticks, after the command in parentheses.
     let after = stat
         .rsplit_once(')')
@@ -227,7 +232,12 @@ pub fn cpu_seconds() -> f64 {
 
 /// Peak resident memory of this process, in MiB.
 pub fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    peak_rss_mib_of("self")
+}
+
+/// Peak RSS of process `pid` (or `self`), in MiB.
+pub fn peak_rss_mib_of(pid: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))

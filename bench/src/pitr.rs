@@ -101,30 +101,6 @@ async fn workload(
     })
 }
 
-/// `utime + stime` of process `pid`, in seconds.
-fn cpu_of(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// Peak RSS of process `pid`, in MiB.
-fn peak_rss_of(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// Runs the benchmark.
 pub async fn run(
     url: Option<String>,
@@ -242,7 +218,7 @@ pub async fn run(
     let mut samples = Vec::new();
     let mut phases = Vec::new();
     for (phase, n) in [("one", ops), ("two", 2 * ops)] {
-        let cpu0 = cpu_of(pid);
+        let cpu0 = crate::cpu_seconds_of(&pid.to_string());
         let ops0 = operations.load(std::sync::atomic::Ordering::Relaxed);
         let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let sampler = {
@@ -278,8 +254,8 @@ pub async fn run(
             run.ops,
             run.rate(),
             captured as f64 / caught_up.as_secs_f64(),
-            (cpu_of(pid) - cpu0) / run.ops as f64 * 1e6,
-            peak_rss_of(pid),
+            (crate::cpu_seconds_of(&pid.to_string()) - cpu0) / run.ops as f64 * 1e6,
+            crate::peak_rss_mib_of(&pid.to_string()),
         ));
     }
     samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
