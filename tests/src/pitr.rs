@@ -79,6 +79,11 @@ pub struct Writer {
     live: Vec<i64>,
     next_id: i64,
     k: i64,
+    /// Set by the test: the next step renames `staging`. A rename is made only on
+    /// request, at a time the test knows no base backup runs: a dump during which
+    /// one happens is refused and retried (the renamed documents would be in
+    /// neither the dump nor its changes).
+    pub rename: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Writer {
@@ -91,6 +96,7 @@ impl Writer {
             live: Vec::new(),
             next_id: 0,
             k: 0,
+            rename: Default::default(),
         }
     }
 
@@ -131,6 +137,12 @@ impl Writer {
         let db = self.client.database("shop");
         let orders = db.collection::<mongodb::bson::Document>("orders");
         let existing = self.live.choose(&mut rand::rng()).copied();
+        if self
+            .rename
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return self.rename_staging().await;
+        }
         match (k % 12, existing) {
             (0 | 1, _) | (_, None) => {
                 let id = self.next_id;
@@ -199,13 +211,9 @@ impl Writer {
                     .unwrap();
                 self.record(coll, id).await;
             }
-            // Renames are rare: a base backup during which one happens is refused
-            // and retried (its renamed documents would be in neither the dump nor
-            // its changes), and a workload renaming all the time leaves no window
-            // for one.
-            _ => match (k / 12 % 4, k / 12 % 40) {
+            _ => match k / 12 % 4 {
                 // A collection dropped (and recreated by the next insert into it).
-                (0, _) => {
+                0 => {
                     db.collection::<mongodb::bson::Document>("tmp")
                         .drop()
                         .session(&mut self.session)
@@ -214,31 +222,36 @@ impl Writer {
                     let at = self.op_time();
                     self.log.push((at, Change::Drop("tmp".into())));
                 }
-                // A collection renamed.
-                (_, 1) => {
-                    let to = format!("moved_{k}");
-                    let exists = db
-                        .list_collection_names()
-                        .session(&mut self.session)
-                        .await
-                        .unwrap()
-                        .contains(&"staging".to_string());
-                    if exists {
-                        self.client
-                            .database("admin")
-                            .run_command(doc! { "renameCollection": "shop.staging", "to": format!("shop.{to}") })
-                            .session(&mut self.session)
-                            .await
-                            .unwrap();
-                        let at = self.op_time();
-                        self.log.push((at, Change::Rename("staging".into(), to)));
-                    }
-                }
                 _ => {
                     let Some(id) = existing else { return };
                     self.update(id, doc! { "$set": { "late": k } }).await;
                 }
             },
+        }
+    }
+
+    /// Renames `staging` to `moved_<k>` (when it exists).
+    async fn rename_staging(&mut self) {
+        let k = self.k;
+        let db = self.client.database("shop");
+        let to = format!("moved_{k}");
+        let exists = db
+            .list_collection_names()
+            .session(&mut self.session)
+            .await
+            .unwrap()
+            .contains(&"staging".to_string());
+        if exists {
+            self.client
+                .database("admin")
+                .run_command(
+                    doc! { "renameCollection": "shop.staging", "to": format!("shop.{to}") },
+                )
+                .session(&mut self.session)
+                .await
+                .unwrap();
+            let at = self.op_time();
+            self.log.push((at, Change::Rename("staging".into(), to)));
         }
     }
 

@@ -11,7 +11,8 @@ use ferry::restore::pitr::{self, PitrError, Target};
 use ferry_e2e::TestEnv;
 use ferry_e2e::mongo::backup_now;
 use ferry_e2e::pitr::{
-    STEP, Writer, assert_same_state, captured_through, consistent_point, restored_state, state_at,
+    Change, STEP, Writer, assert_same_state, captured_through, consistent_point, restored_state,
+    state_at,
 };
 use ferry_proto::subjects::EventKind;
 use ferry_proto::v1::BackupUploaded;
@@ -19,7 +20,6 @@ use ferry_storage::Catalog;
 use ferry_storage::pitr::ClusterTime;
 use ferry_testkit::{MongoServer, MongoStart, Source};
 use rand::Rng;
-use rand::seq::IndexedRandom;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restores_to_random_instants_give_the_state_of_that_instant() {
@@ -44,6 +44,7 @@ async fn restores_to_random_instants_give_the_state_of_that_instant() {
 
     // Capture's start asks for a base backup; the workload runs all along.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rename = writer.rename.clone();
     let work = tokio::spawn({
         let stop = stop.clone();
         async move {
@@ -58,7 +59,10 @@ async fn restores_to_random_instants_give_the_state_of_that_instant() {
         .read("shop", &first.backup_id)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // A rename between the base backups, when none runs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rename.store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let second = backup_now(&env, "shop", STEP).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -67,6 +71,16 @@ async fn restores_to_random_instants_give_the_state_of_that_instant() {
     let (b1, b2) = (consistent_point(&first), consistent_point(&second));
     assert!(b1 < b2);
     let last = log.last().unwrap().0;
+    assert!(
+        log.iter()
+            .any(|(t, c)| *t > b1 && *t < b2 && matches!(c, Change::Rename(..))),
+        "a rename was made between the base backups"
+    );
+    assert!(
+        log.iter()
+            .any(|(t, c)| *t > b1 && matches!(c, Change::Drop(..))),
+        "and a drop"
+    );
     captured_through(store.as_ref(), "shop", last).await;
 
     let status = ferry::commands::pitr::status(store.as_ref(), "shop", Utc::now())
@@ -90,11 +104,28 @@ async fn restores_to_random_instants_give_the_state_of_that_instant() {
         before.len(),
         after.len()
     );
-    let mut targets: Vec<Target> = before
-        .choose_multiple(&mut rng, 2)
-        .chain(after.choose_multiple(&mut rng, 3))
-        .map(|t| Target::Op(*t))
-        .collect();
+    // Spread: one in each third of the time after each base backup (a third of
+    // either range spans more than one 2 s segment), so the targets fall in several
+    // segments whatever the draw.
+    let pick =
+        |times: &[ClusterTime], part: usize, parts: usize, rng: &mut rand::rngs::ThreadRng| {
+            let (from, to) = (times.len() * part / parts, times.len() * (part + 1) / parts);
+            times[rng.random_range(from..to)]
+        };
+    let mut targets: Vec<Target> = vec![
+        Target::Op(pick(&before, 0, 3, &mut rng)),
+        Target::Op(pick(&before, 2, 3, &mut rng)),
+        Target::Op(pick(&after, 0, 3, &mut rng)),
+        Target::Op(pick(&after, 1, 3, &mut rng)),
+        Target::Op(pick(&after, 2, 3, &mut rng)),
+    ];
+    // The instant right after the rename: replayed from the first base backup.
+    let renamed_at = log
+        .iter()
+        .find(|(t, c)| *t > b1 && *t < b2 && matches!(c, Change::Rename(..)))
+        .map(|(t, _)| *t)
+        .unwrap();
+    targets.push(Target::Op(renamed_at));
     let second_of = before[rng.random_range(0..before.len())];
     targets.push(Target::At(second_of.to_datetime()));
 
