@@ -24,6 +24,7 @@
 
 mod mongo;
 mod pg_dump;
+mod pg_physical;
 mod pitr;
 mod retention;
 mod scheduler;
@@ -79,6 +80,36 @@ enum Bench {
     /// Internal: one measured run of Ferry's dumper (spawned by `pg-dump`).
     #[command(hide = true)]
     PgDumpChild {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        password_file: std::path::PathBuf,
+        #[arg(long)]
+        pg_bin_dir: std::path::PathBuf,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[arg(long)]
+        level: i32,
+    },
+    /// PostgreSQL physical: a base backup against `pg_basebackup | zstd`, memory at
+    /// two sizes, `wal-push` latency, and archiving under pgbench at full speed.
+    PgPhysical {
+        /// pgbench scale of the small database (about 15 MB per unit).
+        #[arg(long, default_value_t = 10)]
+        small_scale: u32,
+        /// pgbench scale of the big database.
+        #[arg(long, default_value_t = 60)]
+        big_scale: u32,
+        /// Seconds of pgbench at full speed for the archiving run.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Ferry's zstd level (the baseline uses zstd -1).
+        #[arg(long, default_value_t = 1)]
+        level: i32,
+    },
+    /// Internal: one measured base backup by the dumper (spawned by `pg-physical`).
+    #[command(hide = true)]
+    PgPhysicalChild {
         #[arg(long)]
         url: String,
         #[arg(long)]
@@ -185,6 +216,19 @@ async fn main() -> anyhow::Result<()> {
             out,
             level,
         } => pg_dump::child(&url, &password_file, pg_bin_dir, out, level).await,
+        Bench::PgPhysical {
+            small_scale,
+            big_scale,
+            seconds,
+            level,
+        } => pg_physical::run(small_scale, big_scale, seconds, level).await,
+        Bench::PgPhysicalChild {
+            url,
+            password_file,
+            pg_bin_dir,
+            out,
+            level,
+        } => pg_physical::child(&url, &password_file, pg_bin_dir, out, level).await,
         Bench::MongoDump {
             url,
             sizes,

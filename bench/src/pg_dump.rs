@@ -21,11 +21,11 @@ use secrecy::SecretString;
 const ROWS_PER_TABLE: i64 = 2_000_000;
 
 /// One measured run.
-struct Measure {
-    wall: f64,
-    cpu: f64,
-    rss_mib: f64,
-    bytes: u64,
+pub(crate) struct Measure {
+    pub(crate) wall: f64,
+    pub(crate) cpu: f64,
+    pub(crate) rss_mib: f64,
+    pub(crate) bytes: u64,
 }
 
 pub async fn run(big_gb: f64, small_gb: f64, level: i32) -> anyhow::Result<()> {
@@ -193,7 +193,7 @@ async fn ferry(
 }
 
 /// Runs one variant under /usr/bin/time; `output` is measured, then removed.
-async fn measure(
+pub(crate) async fn measure(
     program: &str,
     args: &[String],
     pg: &PgCluster,
@@ -246,13 +246,13 @@ fn size_of(path: &Path) -> u64 {
     }
 }
 
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
 }
 
-fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)

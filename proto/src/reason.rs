@@ -58,3 +58,9 @@ pub const HISTORY_LOST: &str = "history_lost";
 /// The server cannot serve change streams (a standalone server): continuous
 /// capture is impossible.
 pub const NO_CHANGE_STREAMS: &str = "no_change_streams";
+
+/// A physical PostgreSQL source's server is not set up for WAL archiving
+/// (`wal_level = minimal`, `archive_mode = off`): the message names the setting.
+pub const ARCHIVING_NOT_CONFIGURED: &str = "archiving_not_configured";
+/// `ferry wal-push` could not store a WAL file (PostgreSQL retries it).
+pub const WAL_ARCHIVE_FAILED: &str = "wal_archive_failed";

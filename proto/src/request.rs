@@ -23,6 +23,20 @@ pub struct ManualRequest {
     /// `"normal"` (default) or `"high"`: high jobs take the dumpers' express lane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<RequestPriority>,
+    /// PostgreSQL: `"logical"` (a pg_dump) or `"physical"` (a base backup);
+    /// default: the source's `mode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<RequestMode>,
+}
+
+/// The kind of backup a manual PostgreSQL job takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestMode {
+    /// pg_dump of each database.
+    Logical,
+    /// pg_basebackup of the cluster.
+    Physical,
 }
 
 /// The priority of a manual job.

@@ -4,6 +4,7 @@
 
 pub mod mongo;
 pub mod otlp;
+pub mod physical;
 pub mod pitr;
 pub mod processes;
 

@@ -101,6 +101,23 @@ impl<'a> Catalog<'a> {
         self.store
     }
 
+    /// The physical base backups of a PostgreSQL source (`mode = "physical"`),
+    /// newest first, with their manifests: what a restore to an instant starts
+    /// from and what the WAL archive must serve.
+    pub async fn base_backups(&self, source: &str) -> Result<Vec<Manifest>, CatalogError> {
+        let mut bases = Vec::new();
+        for entry in self.backups(Some(source)).await? {
+            match self.read(source, &entry.id).await {
+                Ok(m) if m.postgres.as_ref().is_some_and(|p| p.physical.is_some()) => bases.push(m),
+                Ok(_) => {}
+                // Deleted since the listing (retention): not a backup any more.
+                Err(CatalogError::NoSuchBackup { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(bases)
+    }
+
     /// Every backup of `source` (of every source when `None`), newest first.
     pub async fn backups(&self, source: Option<&str>) -> Result<Vec<BackupEntry>, StorageError> {
         let prefix = source

@@ -8,7 +8,9 @@
 //! - `backups/<source>/<backup-id>.json`: manifests, written last: a backup exists
 //!   only when its manifest does;
 //! - `pitr/<source>/<start>-<end>.json` (and `.gap.json`): segments of captured
-//!   changes and gaps between base backups (see [`pitr`]).
+//!   changes and gaps between base backups (see [`pitr`]);
+//! - `wal/<source>/<timeline>/<file>`: PostgreSQL's WAL archive, written by
+//!   `ferry wal-push` (see [`wal`]).
 
 pub mod catalog;
 mod fs;
@@ -20,6 +22,7 @@ pub mod retry;
 mod s3;
 mod s3_error;
 pub mod spool;
+pub mod wal;
 
 use std::fmt;
 use std::ops::Range;

@@ -29,6 +29,9 @@ pub struct JobRequested {
     pub backup_id: ::prost::alloc::string::String,
     #[prost(enumeration = "Priority", tag = "10")]
     pub priority: i32,
+    /// PostgreSQL: which kind of backup; unset means the source's `mode`.
+    #[prost(enumeration = "PostgresMode", tag = "11")]
+    pub postgres_mode: i32,
 }
 /// One file of a dump.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -126,6 +129,31 @@ pub struct PostgresDetails {
     /// Whether the backup holds `globals.sql` (roles and tablespaces).
     #[prost(bool, tag = "4")]
     pub globals: bool,
+    /// Set for a physical base backup (pg_basebackup): where its WAL starts and ends.
+    #[prost(message, optional, tag = "5")]
+    pub physical: ::core::option::Option<PostgresPhysical>,
+}
+/// A physical base backup's place in the WAL: restoring it needs the WAL from
+/// `start_lsn` to `stop_lsn` on `timeline` (from the archive), and it is consistent
+/// from `consistent_at`.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PostgresPhysical {
+    /// e.g. "0/2000028".
+    #[prost(string, tag = "1")]
+    pub start_lsn: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub stop_lsn: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "3")]
+    pub timeline: u32,
+    /// The server's clock once the backup ended: the earliest instant it restores to.
+    #[prost(message, optional, tag = "4")]
+    pub consistent_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// pg_control's system identifier: WAL of another cluster never mixes in.
+    #[prost(string, tag = "5")]
+    pub system_identifier: ::prost::alloc::string::String,
+    /// wal_segment_size in bytes (16 MiB unless initdb chose otherwise).
+    #[prost(uint64, tag = "6")]
+    pub wal_segment_size: u64,
 }
 /// One dumped database.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -480,6 +508,38 @@ impl Priority {
         match value {
             "PRIORITY_NORMAL" => Some(Self::Normal),
             "PRIORITY_HIGH" => Some(Self::High),
+            _ => None,
+        }
+    }
+}
+/// The kind of a PostgreSQL backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum PostgresMode {
+    Unspecified = 0,
+    /// pg_dump of each database.
+    Logical = 1,
+    /// pg_basebackup of the whole cluster, for point-in-time restores with the WAL archive.
+    Physical = 2,
+}
+impl PostgresMode {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "POSTGRES_MODE_UNSPECIFIED",
+            Self::Logical => "POSTGRES_MODE_LOGICAL",
+            Self::Physical => "POSTGRES_MODE_PHYSICAL",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "POSTGRES_MODE_UNSPECIFIED" => Some(Self::Unspecified),
+            "POSTGRES_MODE_LOGICAL" => Some(Self::Logical),
+            "POSTGRES_MODE_PHYSICAL" => Some(Self::Physical),
             _ => None,
         }
     }

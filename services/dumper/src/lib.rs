@@ -20,7 +20,8 @@ use async_nats::jetstream::kv;
 use config::{CompressionKind, DumperConfig};
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{
-    DumpCompleted, DumpFile, Engine, JobRequested, PostgresDetails, SpoolLocation, Stage,
+    DumpCompleted, DumpFile, Engine, JobRequested, PostgresDetails, PostgresMode, SpoolLocation,
+    Stage,
 };
 use ferry_proto::{Message, reason};
 use ferry_runtime::config::{EngineKind, OverlapPolicy, SectionSpec, SourceConfig};
@@ -420,11 +421,14 @@ impl Dumper {
                     compression_of(&self.config),
                     Some(announcer),
                 );
-                let staging = job_dir.join(postgres::STAGING_DIR);
-                let dump = self
-                    .pg
-                    .dump(source, password.as_ref(), &job.databases, &out, &staging)
-                    .await?;
+                let dump = if physical(job, source) {
+                    self.pg.base_backup(source, password.as_ref(), &out).await?
+                } else {
+                    let staging = job_dir.join(postgres::STAGING_DIR);
+                    self.pg
+                        .dump(source, password.as_ref(), &job.databases, &out, &staging)
+                        .await?
+                };
                 Ok(EngineDump {
                     server_version: dump.details.server_version.clone(),
                     tool_version: dump.details.pg_dump_version.clone(),
@@ -459,6 +463,16 @@ impl Dumper {
                 })
             }
         }
+    }
+}
+
+/// Whether a PostgreSQL job takes a physical base backup: the job says so, or
+/// leaves it to the source's `mode`.
+fn physical(job: &JobRequested, source: &SourceConfig) -> bool {
+    match PostgresMode::try_from(job.postgres_mode).unwrap_or_default() {
+        PostgresMode::Physical => true,
+        PostgresMode::Logical => false,
+        PostgresMode::Unspecified => source.mode == ferry_runtime::config::PostgresMode::Physical,
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod commands;
 pub mod output;
 pub mod restore;
+pub mod wal;
 
 use ferry_runtime::process::ServiceSpec;
 

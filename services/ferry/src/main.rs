@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ferry::commands::{backup, keep, list, pitr, restore, retention, sources, status, up, verify};
+use ferry::commands::{
+    backup, keep, list, pitr, restore, retention, sources, status, up, verify, wal,
+};
 use ferry_runtime::process::{self, EXIT_FAILURE};
 
 #[derive(Parser)]
@@ -61,6 +63,12 @@ enum Command {
         #[command(subcommand)]
         command: pitr::PitrCommand,
     },
+    /// PostgreSQL's archive_command: store one WAL file in the source's archive
+    /// (`archive_command = 'ferry --config FILE wal-push --source NAME %p'`).
+    WalPush(wal::WalPushArgs),
+    /// PostgreSQL's restore_command: fetch one WAL file from the archive (exit 1
+    /// when it is not there); `ferry restore --to-datadir` writes it for you.
+    WalFetch(wal::WalFetchArgs),
 }
 
 #[tokio::main]
@@ -68,6 +76,12 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match process::load_config(cli.config.as_deref(), ferry::SERVICES) {
         Ok(c) => c,
+        // PostgreSQL takes any small exit code of restore_command for "not in the
+        // archive" and would end recovery early: a configuration it cannot read
+        // must stop the recovery instead.
+        Err(_) if matches!(cli.command, Command::WalFetch(_)) => {
+            return ExitCode::from(wal::FATAL);
+        }
         Err(code) => return code,
     };
     let result = match cli.command {
@@ -79,8 +93,13 @@ async fn main() -> ExitCode {
         Command::Verify(args) => verify::run(&config, args).await,
         Command::Retention { command } => retention::run(config, command).await,
         Command::Keep(args) => keep::run(config, args).await,
-        Command::Restore(args) => restore::run(&config, args).await,
+        Command::Restore(mut args) => {
+            args.config_path = cli.config.clone();
+            restore::run(&config, args).await
+        }
         Command::Pitr { command } => pitr::run(&config, command).await,
+        Command::WalPush(args) => wal::push(&config, args).await,
+        Command::WalFetch(args) => wal::fetch(&config, args).await,
     };
     result.unwrap_or_else(|e| {
         eprintln!("ferry: {e:#}");

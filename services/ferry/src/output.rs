@@ -216,6 +216,10 @@ pub fn applied_json(e: &ferry_proto::v1::RetentionApplied) -> serde_json::Value 
 /// `ferry pitr status`: the windows, the gaps, the recovery point.
 pub fn pitr_table(s: &crate::commands::pitr::PitrStatus) -> String {
     let mut out = format!("{}\n", s.source);
+    if let Some(wal) = &s.wal {
+        out.push_str(&wal_table(wal));
+        return out;
+    }
     if s.windows.is_empty() && s.gaps.is_empty() {
         out.push_str("  no changes captured (is pitr enabled and a capture worker running?)\n");
         return out;
@@ -277,5 +281,51 @@ pub fn pitr_table(s: &crate::commands::pitr::PitrStatus) -> String {
             .map(|b| format!("; newest segment by {b}"))
             .unwrap_or_default()
     ));
+    out
+}
+
+/// The physical PostgreSQL part of `ferry pitr status`.
+fn wal_table(w: &crate::commands::pitr::WalStatus) -> String {
+    let mut out = String::new();
+    if w.base_backups.is_empty() {
+        out.push_str("  no base backup yet (run `ferry backup now --source <name> --wait`)\n");
+    }
+    for b in &w.base_backups {
+        out.push_str(&format!(
+            "  base     {:<28} timeline {:<3} WAL {} to {}, restores to {} or later\n",
+            b.backup_id,
+            b.timeline,
+            b.start_lsn,
+            b.stop_lsn,
+            when(Some(b.consistent_at))
+        ));
+    }
+    if w.timelines.is_empty() {
+        out.push_str("  no WAL archived (is archive_command = 'ferry wal-push …' set?)\n");
+    }
+    for t in &w.timelines {
+        out.push_str(&format!(
+            "  timeline {:<3} {} to {} ({} segments, {} bytes, last archived {}){}\n",
+            t.timeline,
+            t.first_segment.as_deref().unwrap_or("-"),
+            t.last_segment.as_deref().unwrap_or("-"),
+            t.segments,
+            t.bytes,
+            when(t.last_archived),
+            t.branched_from
+                .as_ref()
+                .map(|b| format!(", branched from {b}"))
+                .unwrap_or_default()
+        ));
+    }
+    for m in &w.missing {
+        out.push_str(&format!(
+            "  MISSING  {} to {} ({} segments): no restore can pass them\n",
+            m.first, m.last, m.count
+        ));
+    }
+    for d in &w.damaged {
+        out.push_str(&format!("  DAMAGED  {d}\n"));
+    }
     out
 }

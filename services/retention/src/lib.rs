@@ -233,6 +233,9 @@ impl Retention {
         source: &SourceConfig,
         plan: &Plan,
     ) -> Result<(), RetentionError> {
+        if source.mode == ferry_runtime::config::PostgresMode::Physical {
+            return self.expire_wal(catalog, source, plan).await;
+        }
         if source.engine != ferry_runtime::config::EngineKind::Mongodb {
             return Ok(());
         }
@@ -254,6 +257,57 @@ impl Retention {
         let deleted = catalog.expire_pitr_records(&source.name, point).await?;
         if deleted > 0 {
             tracing::info!(source = %source.name, records = deleted, before = %point, "expired point-in-time records older than the oldest kept base backup");
+        }
+        Ok(())
+    }
+
+    /// WAL older than the start of the oldest kept base backup (a keep mark's
+    /// included: a marked backup stays restorable), on its timeline and its
+    /// ancestors: no kept backup's restore replays it. Runs after the expired
+    /// manifests are deleted, so no listed backup ever lacks its WAL.
+    async fn expire_wal(
+        &self,
+        catalog: &Catalog<'_>,
+        source: &SourceConfig,
+        plan: &Plan,
+    ) -> Result<(), RetentionError> {
+        let mut oldest: Option<ferry_storage::manifest::postgres::PhysicalManifest> = None;
+        for kept in &plan.keep {
+            let manifest = match catalog.read(&source.name, &kept.id).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(source = %source.name, backup_id = %kept.id, error = %e, "kept backup unreadable; no WAL expired");
+                    return Ok(());
+                }
+            };
+            let Some(p) = manifest.postgres.and_then(|p| p.physical) else {
+                continue;
+            };
+            let start: Option<ferry_storage::wal::Lsn> = p.start_lsn.parse().ok();
+            let older = match &oldest {
+                None => true,
+                Some(o) => start < o.start_lsn.parse().ok(),
+            };
+            if older {
+                oldest = Some(p);
+            }
+        }
+        let Some(oldest) = oldest else {
+            return Ok(());
+        };
+        let Ok(start) = oldest.start_lsn.parse::<ferry_storage::wal::Lsn>() else {
+            return Ok(());
+        };
+        let deleted = ferry_storage::wal::expire(
+            catalog.store(),
+            &source.name,
+            oldest.timeline,
+            start,
+            oldest.wal_segment_size.max(1 << 20),
+        )
+        .await?;
+        if deleted > 0 {
+            tracing::info!(source = %source.name, files = deleted, before = %start, timeline = oldest.timeline, "expired WAL older than the oldest kept base backup");
         }
         Ok(())
     }

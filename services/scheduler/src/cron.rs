@@ -201,6 +201,7 @@ async fn fire(rt: &Runtime, source: &SourceConfig, at: DateTime<Utc>) {
         databases: Vec::new(),
         msg_id: msg_id.clone(),
         priority: ferry_proto::v1::Priority::Normal,
+        postgres_mode: ferry_proto::v1::PostgresMode::Unspecified,
     };
     let job = jobs::job_message(source, &request);
     let span = tracing::info_span!(

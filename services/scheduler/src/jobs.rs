@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use ferry_proto::subjects::{self, EventKind};
-use ferry_proto::v1::{JobRequested, Priority, Trigger};
+use ferry_proto::v1::{JobRequested, PostgresMode, Priority, Trigger};
 use ferry_runtime::config::SourceConfig;
 use ferry_runtime::publisher::PublishError;
 use ferry_runtime::{Outgoing, Publisher};
@@ -24,6 +24,8 @@ pub struct JobRequest {
     pub msg_id: String,
     /// Which dumper lane takes it.
     pub priority: Priority,
+    /// PostgreSQL: the kind of backup (unspecified: the source's `mode`).
+    pub postgres_mode: PostgresMode,
 }
 
 /// The backup id of a job: UTC time then the job id's last 8 characters, so ids sort
@@ -57,6 +59,7 @@ pub fn job_message(source: &SourceConfig, request: &JobRequest) -> JobRequested 
         deadline: Some(ferry_proto::to_timestamp(deadline)),
         backup_id: backup_id_for(request.at, &request.job_id),
         priority: request.priority as i32,
+        postgres_mode: request.postgres_mode as i32,
     }
 }
 

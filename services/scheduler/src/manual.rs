@@ -125,6 +125,15 @@ async fn accept(
             Some(RequestPriority::High) => Priority::High,
             _ => Priority::Normal,
         },
+        postgres_mode: match request.mode {
+            Some(ferry_proto::request::RequestMode::Logical) => {
+                ferry_proto::v1::PostgresMode::Logical
+            }
+            Some(ferry_proto::request::RequestMode::Physical) => {
+                ferry_proto::v1::PostgresMode::Physical
+            }
+            None => ferry_proto::v1::PostgresMode::Unspecified,
+        },
     };
     let job = jobs::job_message(&source, &job_request);
     match jobs::publish(&rt.publisher, &job, &job_request.msg_id).await {

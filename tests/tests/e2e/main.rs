@@ -12,6 +12,8 @@ mod mongo_consistency;
 mod mongo_roundtrip;
 mod nats_spool;
 mod operations;
+mod physical;
+mod physical_failures;
 mod pipeline;
 mod pitr;
 mod pitr_failures;

@@ -272,6 +272,31 @@ pub struct SourceConfig {
     /// (`pitr = { enabled = true, segment_span = "10m", segment_max = "64MiB" }`).
     #[serde(default, skip_serializing_if = "PitrConfig::is_off_by_default")]
     pub pitr: PitrConfig,
+    /// PostgreSQL: `logical` (pg_dump per database, the default) or `physical`
+    /// (pg_basebackup of the cluster on `schedule`, with the WAL archive that
+    /// `archive_command = 'ferry wal-push %p'` fills: restores to any instant).
+    /// Logical dumps of a physical source on their own schedule: a second source
+    /// with the same `url`, its own name, `mode = "logical"` and its schedule.
+    #[serde(default, skip_serializing_if = "PostgresMode::is_logical")]
+    pub mode: PostgresMode,
+}
+
+/// How a PostgreSQL source is backed up.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PostgresMode {
+    /// `pg_dump` of each database.
+    #[default]
+    Logical,
+    /// `pg_basebackup` of the cluster, plus WAL archiving.
+    Physical,
+}
+
+impl PostgresMode {
+    /// The default, left out when a source is written back.
+    pub fn is_logical(&self) -> bool {
+        *self == PostgresMode::Logical
+    }
 }
 
 /// What a job does when its source is already being backed up.

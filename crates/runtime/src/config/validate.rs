@@ -312,6 +312,31 @@ impl super::SourceConfig {
         for (field, value, expected) in s.pitr.problems() {
             bad(key(&format!("pitr.{field}")), &value, expected);
         }
+        if s.mode == super::PostgresMode::Physical && s.engine != super::EngineKind::Postgres {
+            bad(
+                key("mode"),
+                "physical",
+                "mode = \"physical\" only on a PostgreSQL source (MongoDB's point-in-time recovery is pitr = { enabled = true })",
+            );
+        }
+        if s.mode == super::PostgresMode::Physical {
+            for (field, set) in [
+                ("databases", !s.databases.is_empty()),
+                ("include_schemas", !s.include_schemas.is_empty()),
+                ("exclude_schemas", !s.exclude_schemas.is_empty()),
+                ("include_tables", !s.include_tables.is_empty()),
+                ("exclude_tables", !s.exclude_tables.is_empty()),
+                ("globals", s.globals),
+            ] {
+                if set {
+                    bad(
+                        key(field),
+                        "(set)",
+                        "unset with mode = \"physical\": a base backup holds the whole cluster (filter a second, logical source with the same url instead)",
+                    );
+                }
+            }
+        }
         problems
     }
 }

@@ -1,6 +1,8 @@
 //! The PostgreSQL part of a manifest: what the dump recorded, so a restore can be
-//! checked against it (server and tool versions, sizes, row estimates per table).
+//! checked against it (server and tool versions, sizes, row estimates per table),
+//! and for a physical base backup its place in the WAL.
 
+use chrono::{DateTime, Utc};
 use ferry_proto::v1::PostgresDetails;
 use serde::{Deserialize, Serialize};
 
@@ -14,8 +16,31 @@ pub struct PostgresManifest {
     /// Whether the backup holds `globals.sql` (roles and tablespaces).
     #[serde(default)]
     pub globals: bool,
-    /// Every database dumped.
+    /// Every database dumped (for a physical backup: the databases the cluster
+    /// held, for information; the backup holds the whole cluster).
     pub databases: Vec<PostgresDatabaseManifest>,
+    /// Set for a physical base backup (`mode = "physical"`): `base.tar` is the
+    /// cluster's data directory as pg_basebackup wrote it, without WAL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<PhysicalManifest>,
+}
+
+/// Where a physical base backup sits in the WAL archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhysicalManifest {
+    /// The backup's start (its checkpoint's redo point): replay begins here.
+    pub start_lsn: String,
+    /// The backup's end: the data directory is consistent once replay passes it.
+    pub stop_lsn: String,
+    /// The timeline it was taken on.
+    pub timeline: u32,
+    /// The server's clock once the backup ended: the earliest instant it restores
+    /// to.
+    pub consistent_at: DateTime<Utc>,
+    /// pg_control's system identifier.
+    pub system_identifier: String,
+    /// `wal_segment_size` in bytes.
+    pub wal_segment_size: u64,
 }
 
 /// One dumped database.
@@ -46,6 +71,18 @@ impl From<&PostgresDetails> for PostgresManifest {
             server_version: d.server_version.clone(),
             pg_dump_version: d.pg_dump_version.clone(),
             globals: d.globals,
+            physical: d.physical.as_ref().map(|p| PhysicalManifest {
+                start_lsn: p.start_lsn.clone(),
+                stop_lsn: p.stop_lsn.clone(),
+                timeline: p.timeline,
+                consistent_at: p
+                    .consistent_at
+                    .as_ref()
+                    .and_then(ferry_proto::from_timestamp)
+                    .unwrap_or_default(),
+                system_identifier: p.system_identifier.clone(),
+                wal_segment_size: p.wal_segment_size,
+            }),
             databases: d
                 .databases
                 .iter()

@@ -1,7 +1,9 @@
 //! PostgreSQL dumps: `pg_dump` in directory format, tables in parallel, files
-//! compressed by Ferry as pg_dump finishes them (see [`run`]).
+//! compressed by Ferry as pg_dump finishes them (see [`run`]); and physical base
+//! backups with `pg_basebackup` (see [`physical`]).
 
 mod errors;
+mod physical;
 mod run;
 pub mod tools;
 
@@ -17,6 +19,7 @@ use tracing::Instrument;
 use crate::output::JobOutput;
 use errors::classify_connect_error;
 pub use errors::spool_io;
+pub use physical::BASE_TAR;
 
 /// The name of the staging directory inside a job's spool directory.
 pub const STAGING_DIR: &str = ".pg-staging";
@@ -112,6 +115,7 @@ impl PgTools {
             pg_dump_version: tools.version.clone(),
             databases: Vec::new(),
             globals: source.globals,
+            physical: None,
         };
         if source.globals {
             let url = db_url(&source.url, &first, &source.name)?;

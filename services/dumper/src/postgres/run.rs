@@ -31,10 +31,10 @@ const STDERR_LIMIT: usize = 16 * 1024;
 
 /// Kills a whole process group when dropped (a timeout or a shutdown drops the dump
 /// future): pg_dump's `-j` workers are its children and must not outlive it.
-struct GroupKill(Option<i32>);
+pub(super) struct GroupKill(Option<i32>);
 
 impl GroupKill {
-    fn disarm(&mut self) {
+    pub(super) fn disarm(&mut self) {
         self.0 = None;
     }
 }
@@ -51,13 +51,13 @@ impl Drop for GroupKill {
 }
 
 /// A tool started in its own process group, with its stderr collected.
-struct Running {
-    child: tokio::process::Child,
-    group: GroupKill,
-    stderr: tokio::task::JoinHandle<String>,
+pub(super) struct Running {
+    pub(super) child: tokio::process::Child,
+    pub(super) group: GroupKill,
+    pub(super) stderr: tokio::task::JoinHandle<String>,
 }
 
-fn spawn(
+pub(super) fn spawn(
     mut cmd: tokio::process::Command,
     password: Option<&SecretString>,
 ) -> std::io::Result<Running> {
@@ -273,7 +273,7 @@ pub async fn pg_dumpall_globals(
     Ok(())
 }
 
-fn missing(tool: &Path, e: std::io::Error) -> HandlerError {
+pub(super) fn missing(tool: &Path, e: std::io::Error) -> HandlerError {
     HandlerError::permanent(
         reason::DUMP_TOOL_MISSING,
         format!(

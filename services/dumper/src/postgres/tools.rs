@@ -59,12 +59,12 @@ pub fn major_of(version: &str) -> Option<u32> {
     number.split('.').next()?.parse().ok()
 }
 
-async fn probe(dir: &Path) -> Option<Toolset> {
-    let pg_dump = dir.join("pg_dump");
-    if !pg_dump.is_file() {
+async fn probe(dir: &Path, tool: &str) -> Option<Toolset> {
+    let binary = dir.join(tool);
+    if !binary.is_file() {
         return None;
     }
-    let out = tokio::process::Command::new(&pg_dump)
+    let out = tokio::process::Command::new(&binary)
         .arg("--version")
         .stdin(std::process::Stdio::null())
         .output()
@@ -88,13 +88,24 @@ pub async fn find(
     server_major: u32,
     server: &str,
 ) -> Result<Toolset, HandlerError> {
+    find_tool(configured, "pg_dump", server_major, server).await
+}
+
+/// [`find`] for another client tool (`pg_basebackup`): the closest major version
+/// not older than the server's.
+pub async fn find_tool(
+    configured: Option<&Path>,
+    tool: &str,
+    server_major: u32,
+    server: &str,
+) -> Result<Toolset, HandlerError> {
     let candidates = match configured {
         Some(dir) => vec![dir.to_path_buf()],
         None => standard_dirs(),
     };
     let mut found = Vec::new();
     for dir in &candidates {
-        if let Some(t) = probe(dir).await {
+        if let Some(t) = probe(dir, tool).await {
             found.push(t);
         }
     }
@@ -115,7 +126,7 @@ pub async fn find(
         Some(old) => HandlerError::permanent(
             reason::DUMP_TOOL_TOO_OLD,
             format!(
-                "the server runs PostgreSQL {server} but the newest pg_dump in {place} is {} ({}); install the PostgreSQL {server_major} (or newer) client tools or point dumper.pg_bin_dir at them",
+                "the server runs PostgreSQL {server} but the newest {tool} in {place} is {} ({}); install the PostgreSQL {server_major} (or newer) client tools or point dumper.pg_bin_dir at them",
                 old.version,
                 old.bin_dir.display()
             ),
@@ -123,7 +134,7 @@ pub async fn find(
         None => HandlerError::permanent(
             reason::DUMP_TOOL_MISSING,
             format!(
-                "no pg_dump found in {place}; install the PostgreSQL {server_major} client tools or set dumper.pg_bin_dir"
+                "no {tool} found in {place}; install the PostgreSQL {server_major} client tools or set dumper.pg_bin_dir"
             ),
         ),
     })

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use ferry_proto::Message;
+use ferry_proto::request::RequestMode;
 use ferry_proto::subjects::{self, EventKind};
 use ferry_proto::v1::{BackupFailed, BackupUploaded, Stage};
 use ferry_runtime::Config;
@@ -30,6 +31,10 @@ pub enum BackupCommand {
         /// Take the dumpers' express lane, ahead of queued scheduled jobs.
         #[arg(long)]
         urgent: bool,
+        /// PostgreSQL: `logical` (a pg_dump) or `physical` (a base backup) this
+        /// once (default: the source's `mode`).
+        #[arg(long, value_parser = ["logical", "physical"])]
+        mode: Option<String>,
     },
 }
 
@@ -41,7 +46,12 @@ pub async fn run(config: &Config, command: BackupCommand) -> anyhow::Result<Exit
         wait,
         timeout,
         urgent,
+        mode,
     } = command;
+    let mode = mode.map(|m| match m.as_str() {
+        "physical" => RequestMode::Physical,
+        _ => RequestMode::Logical,
+    });
     let client = ferry_runtime::nats::connect(&config.nats, "ferry-cli").await?;
     let wait = wait.then(|| {
         timeout.unwrap_or_else(|| {
@@ -57,34 +67,36 @@ pub async fn run(config: &Config, command: BackupCommand) -> anyhow::Result<Exit
     } else {
         RequestPriority::Normal
     };
-    Ok(match now_with(&client, &source, priority, wait).await? {
-        Outcome::Queued { job_id, backup_id } => {
-            println!("queued job {job_id}: backup {backup_id}");
-            ExitCode::SUCCESS
-        }
-        Outcome::Succeeded(up) => {
-            println!("{}", up.backup_id);
-            eprintln!(
-                "backed up {}: {} files, {} bytes ({} reused) in {:.1}s",
-                up.source,
-                up.files,
-                up.bytes_total,
-                up.bytes_reused,
-                up.duration_ms as f64 / 1000.0
-            );
-            ExitCode::SUCCESS
-        }
-        Outcome::Failed(f) => {
-            let stage = Stage::try_from(f.stage)
-                .unwrap_or(Stage::Unspecified)
-                .name();
-            eprintln!(
-                "backup of {source} failed at the {stage} stage ({}): {}",
-                f.reason, f.message
-            );
-            ExitCode::from(EXIT_FAILURE)
-        }
-    })
+    Ok(
+        match now_with(&client, &source, priority, mode, wait).await? {
+            Outcome::Queued { job_id, backup_id } => {
+                println!("queued job {job_id}: backup {backup_id}");
+                ExitCode::SUCCESS
+            }
+            Outcome::Succeeded(up) => {
+                println!("{}", up.backup_id);
+                eprintln!(
+                    "backed up {}: {} files, {} bytes ({} reused) in {:.1}s",
+                    up.source,
+                    up.files,
+                    up.bytes_total,
+                    up.bytes_reused,
+                    up.duration_ms as f64 / 1000.0
+                );
+                ExitCode::SUCCESS
+            }
+            Outcome::Failed(f) => {
+                let stage = Stage::try_from(f.stage)
+                    .unwrap_or(Stage::Unspecified)
+                    .name();
+                eprintln!(
+                    "backup of {source} failed at the {stage} stage ({}): {}",
+                    f.reason, f.message
+                );
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
+    )
 }
 
 /// How a job ended.
@@ -110,7 +122,7 @@ pub async fn now(
     source: &str,
     wait: Option<Duration>,
 ) -> anyhow::Result<Outcome> {
-    now_with(client, source, RequestPriority::Normal, wait).await
+    now_with(client, source, RequestPriority::Normal, None, wait).await
 }
 
 /// `now` with a priority (`High` takes the dumpers' express lane).
@@ -118,6 +130,7 @@ pub async fn now_with(
     client: &async_nats::Client,
     source: &str,
     priority: RequestPriority,
+    mode: Option<RequestMode>,
     wait: Option<Duration>,
 ) -> anyhow::Result<Outcome> {
     let job_id = uuid::Uuid::now_v7().to_string();
@@ -133,6 +146,7 @@ pub async fn now_with(
         job_id: Some(job_id.clone()),
         reason: Some("ferry backup now".into()),
         priority: Some(priority),
+        mode,
         ..Default::default()
     };
     let body: bytes::Bytes = serde_json::to_vec(&request)?.into();

@@ -2,7 +2,8 @@
 //! configuration and the command's parsed arguments and returning the exit code.
 //!
 //! Which commands touch NATS, and how:
-//! - `list`, `verify`, `restore`, `pitr status` read only the store and never connect;
+//! - `list`, `verify`, `restore`, `pitr status`, `wal-push`, `wal-fetch` read only
+//!   the store and never connect;
 //! - `status`, `sources list`, `retention plan` (for a registry source) attach
 //!   read-only ([`ferry_runtime::Runtime::attach`]): nothing is declared, so a NATS
 //!   user that may only read runs them;
@@ -19,3 +20,4 @@ pub mod sources;
 pub mod status;
 pub mod up;
 pub mod verify;
+pub mod wal;

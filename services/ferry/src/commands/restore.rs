@@ -22,13 +22,40 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub source: String,
     /// A backup id, or `latest`.
-    #[arg(long, default_value = "latest", conflicts_with_all = ["at", "at_op"])]
+    #[arg(long, default_value = "latest", conflicts_with_all = ["at", "at_op", "at_lsn", "to_latest"])]
     pub backup: String,
-    /// MongoDB with capture on: the source as it was at this instant (RFC 3339,
-    /// `2026-12-01T10:30:00Z`; every change of that second included). The base
-    /// backup is chosen, and the captured changes replayed, for you.
-    #[arg(long, conflicts_with = "at_op")]
+    /// The source as it was at this instant (RFC 3339, `2026-12-01T10:30:00Z`).
+    /// MongoDB with capture on: every change of that second included. PostgreSQL
+    /// with `mode = "physical"` (with --to-datadir): every transaction committed
+    /// by then. The base backup is chosen, and the changes replayed, for you.
+    #[arg(long, conflicts_with_all = ["at_op", "at_lsn", "to_latest"])]
     pub at: Option<String>,
+    /// PostgreSQL (physical, with --to-datadir): up to and including this WAL
+    /// position (`0/3000148`).
+    #[arg(long, requires = "to_datadir", conflicts_with_all = ["at_op", "to_latest"])]
+    pub at_lsn: Option<String>,
+    /// PostgreSQL (physical, with --to-datadir): replay the whole archive.
+    #[arg(long = "latest", requires = "to_datadir", conflicts_with = "at_op")]
+    pub to_latest: bool,
+    /// PostgreSQL (physical): the timeline to follow (default: the newest that
+    /// descends from the base backup's; name an older one to restore a history
+    /// that a promoted restore branched away from).
+    #[arg(long, requires = "to_datadir")]
+    pub timeline: Option<u32>,
+    /// PostgreSQL (physical): write a data directory here (new or empty) that
+    /// recovers to the target when started: the base backup unpacked, its WAL
+    /// fetched by `restore_command = 'ferry wal-fetch …'`.
+    #[arg(long, conflicts_with_all = ["to", "to_dir"])]
+    pub to_datadir: Option<PathBuf>,
+    /// With --to-datadir: start PostgreSQL on it (as the current user, who must
+    /// not be root), wait until recovery reaches the target and promotes, and
+    /// report where it stopped.
+    #[arg(long, requires = "to_datadir")]
+    pub start: bool,
+    /// With --start: the port PostgreSQL listens on (default: the data
+    /// directory's configuration, which is the source server's).
+    #[arg(long, requires = "start")]
+    pub port: Option<u16>,
     /// MongoDB with capture on: the source as it was right after one operation,
     /// by its cluster time `SECONDS:INCREMENT` (as an oplog entry's `ts` shows it).
     #[arg(long)]
@@ -40,7 +67,7 @@ pub struct RestoreArgs {
     pub to_dir: Option<PathBuf>,
     /// The server to restore into: `postgres://user@host/orders_copy` (password:
     /// PGPASSWORD or ~/.pgpass) or `mongodb://user@host:27017/`.
-    #[arg(long, required_unless_present = "to_dir")]
+    #[arg(long, required_unless_present_any = ["to_dir", "to_datadir"])]
     pub to: Option<String>,
     /// A file holding the password of the user in --to.
     #[arg(long)]
@@ -73,10 +100,17 @@ pub struct RestoreArgs {
     /// system's temp directory).
     #[arg(long, requires = "to")]
     pub work_dir: Option<PathBuf>,
+    /// The configuration file this command read, for the `restore_command` it
+    /// writes (set by `main`, not an argument).
+    #[arg(skip)]
+    pub config_path: Option<PathBuf>,
 }
 
 /// Runs `ferry restore`: to a directory, a PostgreSQL server or a MongoDB server.
 pub async fn run(config: &Config, args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    if args.to_datadir.is_some() {
+        return to_datadir(config, args).await;
+    }
     if args.at.is_some() || args.at_op.is_some() {
         return to_instant(config, args).await;
     }
@@ -194,6 +228,105 @@ async fn to_instant(config: &Config, args: RestoreArgs) -> anyhow::Result<ExitCo
         changes_after(report.segments),
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ferry restore --to-datadir`: a physical PostgreSQL source at an instant, a WAL
+/// position or the archive's end.
+async fn to_datadir(config: &Config, args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    use crate::restore::physical::{self, Target};
+    let source = args.source.as_str();
+    let datadir = args.to_datadir.clone().expect("called with --to-datadir");
+    if let Some(s) = config.source(source)
+        && s.mode != ferry_runtime::config::PostgresMode::Physical
+    {
+        anyhow::bail!(
+            "source {source} is not physical (mode = \"physical\"): --to-datadir restores a PostgreSQL base backup and its WAL; restore its dumps with --to or --to-dir"
+        );
+    }
+    let target = match (&args.at, &args.at_lsn, args.to_latest) {
+        (Some(at), _, _) => Target::Time(
+            chrono::DateTime::parse_from_rfc3339(at)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "--at {at:?}: an RFC 3339 instant such as 2026-12-01T10:30:00Z ({e})"
+                    )
+                })?
+                .with_timezone(&chrono::Utc),
+        ),
+        (None, Some(lsn), _) => {
+            Target::Lsn(physical::parse_lsn(lsn).map_err(|e| anyhow::anyhow!("--at-lsn: {e}"))?)
+        }
+        (None, None, true) => Target::Latest,
+        (None, None, false) => {
+            anyhow::bail!("--to-datadir needs a target: --at TIME, --at-lsn LSN or --latest")
+        }
+    };
+    if let Target::Time(t) = target
+        && t > chrono::Utc::now()
+    {
+        anyhow::bail!("--at {}: that is in the future", t.to_rfc3339());
+    }
+    if args.start && running_as_root() {
+        anyhow::bail!(
+            "--start: PostgreSQL does not run as root; run ferry restore as the database's OS user (runuser -u postgres -- ferry restore …), or leave out --start and start it yourself"
+        );
+    }
+    let store = ferry_runtime::store::open(&config.storage)?;
+    let store = store.as_ref();
+    let plan = physical::plan(store, source, target, args.timeline).await?;
+    let settings = physical::RecoverySettings {
+        ferry: std::env::current_exe()?,
+        config: args
+            .config_path
+            .as_deref()
+            .map(std::path::absolute)
+            .transpose()?,
+    };
+    let bytes = physical::unpack(store, &plan, &datadir, &settings).await?;
+    eprintln!(
+        "restored base backup {} of {source} (consistent from {}, {bytes} bytes, SHA-256 checked) into {}; recovery replays WAL from {}{} on timeline {} to {}",
+        plan.base.backup_id,
+        plan.physical.consistent_at.to_rfc3339(),
+        datadir.display(),
+        plan.first_segment,
+        plan.last_segment
+            .as_ref()
+            .map(|l| format!(" through at least {l}"))
+            .unwrap_or_default(),
+        plan.timeline,
+        plan.target,
+    );
+    if !args.start {
+        eprintln!(
+            "  start it (as its owner): pg_ctl --pgdata {} start; it recovers, then promotes",
+            datadir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dumper = config.section::<ferry_dumper::config::DumperConfig>()?;
+    let pg_ctl = physical::pg_tool(dumper.pg_bin_dir.as_deref(), "pg_ctl", &plan.base.server_version)
+        .ok_or_else(|| anyhow::anyhow!("--start: no pg_ctl of PostgreSQL {} found: set dumper.pg_bin_dir, or start the data directory yourself", plan.base.server_version))?;
+    let reached = physical::start_and_wait(&pg_ctl, &datadir, args.port).await?;
+    eprintln!(
+        "recovery of {source} reached LSN {} (last transaction committed at {}) and promoted onto timeline {}; PostgreSQL is running on {}",
+        reached.lsn.as_deref().unwrap_or("?"),
+        reached
+            .last_transaction
+            .as_deref()
+            .unwrap_or("(none replayed)"),
+        reached
+            .new_timeline
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "?".into()),
+        datadir.display(),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether this process runs as root (`/proc/self` belongs to the effective user).
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 /// The MongoDB restore's options; the password is read through the runtime's

@@ -37,7 +37,16 @@ pub async fn run(config: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> 
     } = args;
     let store = ferry_runtime::store::open(&config.storage)?;
     let manifest = crate::restore::find_backup(store.as_ref(), &source, &backup).await?;
-    let problems = verify(store.as_ref(), &manifest).await?;
+    let mut problems = verify(store.as_ref(), &manifest).await?;
+    if problems.is_empty()
+        && let Some(physical) = manifest.postgres.as_ref().and_then(|p| p.physical.as_ref())
+    {
+        let bin_dir = config
+            .section::<ferry_dumper::config::DumperConfig>()?
+            .pg_bin_dir
+            .clone();
+        problems = verify_physical(store.as_ref(), &manifest, physical, bin_dir.as_deref()).await?;
+    }
     if json {
         output::json_line(&serde_json::json!({
             "source": source,
@@ -70,6 +79,82 @@ pub async fn run(config: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> 
         manifest.files.len()
     );
     Ok(ExitCode::from(EXIT_FAILURE))
+}
+
+/// A physical base backup needs its WAL, from its start to its end, to become
+/// consistent: each of those segments must be archived and decompress intact.
+/// Then, where `pg_verifybackup` is installed, the backup is unpacked into a
+/// scratch directory with that WAL, and PostgreSQL's own `backup_manifest` check
+/// runs on it (every file's checksum, and the WAL parsed from start to end).
+pub async fn verify_physical(
+    store: &dyn ObjectStore,
+    manifest: &Manifest,
+    physical: &ferry_storage::manifest::postgres::PhysicalManifest,
+    pg_bin_dir: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<Problem>> {
+    use ferry_storage::wal::{Lsn, WalFileName, segment_name, wal_key};
+    let size = physical.wal_segment_size.max(1 << 20);
+    let start: Lsn = physical.start_lsn.parse().map_err(anyhow::Error::msg)?;
+    let stop: Lsn = physical.stop_lsn.parse().map_err(anyhow::Error::msg)?;
+    let names: Vec<String> = (start.segment(size)..=stop.segment(size))
+        .map(|n| segment_name(physical.timeline, n, size))
+        .collect();
+    let mut problems = Vec::new();
+    for name in &names {
+        let file = WalFileName::parse(name).map_err(anyhow::Error::msg)?;
+        let key = wal_key(&manifest.source, &file);
+        let problem = match crate::wal::content_sha256(store, &key).await {
+            Ok(_) => continue,
+            Err(crate::wal::WalError::Storage(StorageError::NotFound { .. })) => {
+                "missing from the WAL archive: the backup cannot become consistent".to_string()
+            }
+            Err(crate::wal::WalError::Damaged { why, .. }) => format!("corrupt: {why}"),
+            Err(e) => return Err(e.into()),
+        };
+        problems.push(Problem {
+            file: format!("WAL {name}"),
+            object: key,
+            problem,
+        });
+    }
+    if !problems.is_empty() {
+        return Ok(problems);
+    }
+    let Some(tool) =
+        crate::restore::physical::pg_tool(pg_bin_dir, "pg_verifybackup", &manifest.server_version)
+    else {
+        eprintln!(
+            "pg_verifybackup of PostgreSQL {} not found: the backup's own backup_manifest was not checked",
+            manifest.server_version
+        );
+        return Ok(problems);
+    };
+    let scratch = crate::restore::scratch_dir(None)?;
+    let data = scratch.path().join("data");
+    let wal = scratch.path().join("wal");
+    std::fs::create_dir_all(&wal)?;
+    crate::restore::physical::unpack_base(store, manifest, &data).await?;
+    for name in &names {
+        crate::wal::fetch(store, &manifest.source, name, &wal.join(name)).await?;
+    }
+    let out = tokio::process::Command::new(&tool)
+        .arg("--wal-directory")
+        .arg(&wal)
+        .arg(&data)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    if !out.status.success() {
+        problems.push(Problem {
+            file: "backup_manifest".into(),
+            object: format!("{} in base.tar", tool.display()),
+            problem: format!(
+                "pg_verifybackup failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(problems)
 }
 
 /// Objects read at once.

@@ -5,6 +5,7 @@
 //! MongoDB ([`mongo`]).
 
 pub mod mongo;
+pub mod physical;
 pub mod pitr;
 pub mod postgres;
 
@@ -237,10 +238,25 @@ fn decompress(
 
 /// Hashes and counts what the store sends, before decompression: the checksum is
 /// of the bytes as stored.
-struct Hashing {
+pub(crate) struct Hashing {
     inner: ferry_storage::Body,
     digest: Arc<Mutex<(Sha256, u64)>>,
     progress: Arc<dyn Progress>,
+}
+
+impl Hashing {
+    /// Hashes what `inner` yields into `digest` (SHA-256 and size).
+    pub(crate) fn new(
+        inner: ferry_storage::Body,
+        digest: Arc<Mutex<(Sha256, u64)>>,
+        progress: Arc<dyn Progress>,
+    ) -> Self {
+        Hashing {
+            inner,
+            digest,
+            progress,
+        }
+    }
 }
 
 impl AsyncRead for Hashing {
