@@ -85,6 +85,7 @@ impl v1::Stage {
             v1::Stage::Retention => "retention",
             v1::Stage::Notifier => "notifier",
             v1::Stage::Capture => "capture",
+            v1::Stage::Archive => "archive",
         }
     }
 }

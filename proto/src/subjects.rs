@@ -50,11 +50,13 @@ pub enum EventKind {
     Segment,
     /// `CaptureGap`: captured changes were lost.
     Gap,
+    /// `WalArchived`: a batch of WAL files was archived.
+    Wal,
 }
 
 impl EventKind {
     /// Every kind, for subscribers that route by subject.
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::Requested,
         EventKind::FileReady,
         EventKind::Dumped,
@@ -63,6 +65,7 @@ impl EventKind {
         EventKind::Failed,
         EventKind::Segment,
         EventKind::Gap,
+        EventKind::Wal,
     ];
 
     /// The subject token of this kind.
@@ -76,6 +79,7 @@ impl EventKind {
             EventKind::Failed => "failed",
             EventKind::Segment => "segment",
             EventKind::Gap => "gap",
+            EventKind::Wal => "wal",
         }
     }
 

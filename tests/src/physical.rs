@@ -98,6 +98,13 @@ impl Physical {
             extra(paths, c)
         })
         .await;
+        // Now that the test's NATS runs: wal-push reports to it.
+        TestConfig::new()
+            .nats(env.nats.url())
+            .s3_store(&s3, &prefix, &root.path)
+            .pg_bin_dir(&shared.bin_dir)
+            .write(&config);
+        root.chown(&root.path);
         Physical {
             root,
             cluster,

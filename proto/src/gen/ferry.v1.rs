@@ -354,6 +354,30 @@ pub struct SegmentStored {
     #[prost(bool, tag = "9")]
     pub linked: bool,
 }
+/// WAL files `ferry wal-push` archived for a PostgreSQL source, reported in
+/// batches (about one a minute while archiving runs; at once after a failure
+/// ends), not one per file. A failed push is a `BackupFailed` of stage ARCHIVE.
+/// Subject: ferry.v1.events.wal.<source>
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WalArchived {
+    #[prost(string, tag = "1")]
+    pub source: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub occurred_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// Files archived since the previous report, and their size before compression.
+    #[prost(uint64, tag = "3")]
+    pub files: u64,
+    #[prost(uint64, tag = "4")]
+    pub bytes: u64,
+    /// The newest file archived, e.g. "000000010000000000000003", and when.
+    #[prost(string, tag = "5")]
+    pub last_file: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "6")]
+    pub last_archived_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// Failed attempts since the previous report (PostgreSQL retries each file).
+    #[prost(uint64, tag = "7")]
+    pub failures: u64,
+}
 /// Changes were lost between `start` and `end`: no restore can cross them.
 /// Subject: ferry.v1.events.gap.<source>
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -420,6 +444,8 @@ pub enum Stage {
     Retention = 4,
     Notifier = 5,
     Capture = 6,
+    /// PostgreSQL's archive_command, `ferry wal-push`.
+    Archive = 7,
 }
 impl Stage {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -435,6 +461,7 @@ impl Stage {
             Self::Retention => "STAGE_RETENTION",
             Self::Notifier => "STAGE_NOTIFIER",
             Self::Capture => "STAGE_CAPTURE",
+            Self::Archive => "STAGE_ARCHIVE",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -447,6 +474,7 @@ impl Stage {
             "STAGE_RETENTION" => Some(Self::Retention),
             "STAGE_NOTIFIER" => Some(Self::Notifier),
             "STAGE_CAPTURE" => Some(Self::Capture),
+            "STAGE_ARCHIVE" => Some(Self::Archive),
             _ => None,
         }
     }

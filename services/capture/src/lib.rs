@@ -20,6 +20,7 @@
 //! A segment exists only when its record exists (written last, after its object);
 //! a replica that dies mid-segment loses nothing but the work of re-reading it.
 
+mod archive;
 pub mod config;
 mod errors;
 mod gap;
@@ -92,7 +93,21 @@ pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()>
         metrics,
         node: format!("{}/{}", ferry_runtime::host_name(), std::process::id()),
     };
-    supervisor.run(config.poll, shutdown).await
+    let watcher = tokio::spawn({
+        let (rt, metrics, shutdown) = (
+            supervisor.rt.clone(),
+            supervisor.metrics.clone(),
+            shutdown.clone(),
+        );
+        async move {
+            if let Err(e) = archive::watch(rt, metrics, shutdown).await {
+                tracing::error!(error = %format!("{e:#}"), "following the WAL archiving reports failed; the wal_* metrics are not updated");
+            }
+        }
+    });
+    let result = supervisor.run(config.poll, shutdown).await;
+    watcher.abort();
+    result
 }
 
 struct Supervisor {

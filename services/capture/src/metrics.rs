@@ -1,6 +1,7 @@
 //! The capture worker's metrics, per source (the configured fleet: bounded):
-//! segments and operations captured, gaps, failures, and where the restorable
-//! window ends, so an alert can fire when the recovery point falls behind
+//! segments and operations captured, gaps, failures, where the restorable
+//! window ends, and for physical PostgreSQL sources how WAL archiving goes (from
+//! `ferry wal-push`'s reports: see [`crate::archive`]), so an alert can fire when the recovery point falls behind
 //! (`time() - ferry_capture_window_end_timestamp_seconds > 2 *
 //! ferry_capture_segment_span_seconds`).
 
@@ -29,6 +30,10 @@ pub struct CaptureMetrics {
     window_end: Family<SourceLabel, Seconds>,
     lag: Family<SourceLabel, Seconds>,
     span: Family<SourceLabel, Seconds>,
+    wal_last_archived: Family<SourceLabel, Seconds>,
+    wal_files: Family<SourceLabel, Counter>,
+    wal_failures: Family<SourceLabel, Counter>,
+    wal_failing: Family<SourceLabel, Gauge>,
 }
 
 fn label(source: &str) -> SourceLabel {
@@ -49,6 +54,10 @@ impl CaptureMetrics {
             window_end: Family::default(),
             lag: Family::default(),
             span: Family::default(),
+            wal_last_archived: Family::default(),
+            wal_files: Family::default(),
+            wal_failures: Family::default(),
+            wal_failing: Family::default(),
         };
         metrics.register(|r| {
             r.register(
@@ -91,6 +100,26 @@ impl CaptureMetrics {
                 "The source's segment_span, for alert rules on the recovery point",
                 m.span.clone(),
             );
+            r.register(
+                "wal_last_archived_timestamp_seconds",
+                "When ferry wal-push last archived a WAL file of the source (from its reports)",
+                m.wal_last_archived.clone(),
+            );
+            r.register(
+                "wal_files_archived",
+                "WAL files archived by ferry wal-push, by source (as reported since this process started)",
+                m.wal_files.clone(),
+            );
+            r.register(
+                "wal_archive_failures",
+                "Failed ferry wal-push attempts reported, by source",
+                m.wal_failures.clone(),
+            );
+            r.register(
+                "wal_archive_failing",
+                "1 while the source's latest archiving report is a failure",
+                m.wal_failing.clone(),
+            );
         });
         m
     }
@@ -117,6 +146,24 @@ impl CaptureMetrics {
     pub fn record_gap(&self, source: &str, restart: f64) {
         self.gaps.get_or_create(&label(source)).inc();
         self.window_start.get_or_create(&label(source)).set(restart);
+    }
+
+    /// A `WalArchived` report: `files` more, the newest at `last` (seconds);
+    /// `live` is false for the report read back at start (counted already).
+    pub fn record_wal_archived(&self, source: &str, files: u64, last: f64, live: bool) {
+        let l = label(source);
+        if live {
+            self.wal_files.get_or_create(&l).inc_by(files);
+        }
+        self.wal_last_archived.get_or_create(&l).set(last);
+        self.wal_failing.get_or_create(&l).set(0);
+    }
+
+    /// A failed push was reported.
+    pub fn record_wal_failure(&self, source: &str) {
+        let l = label(source);
+        self.wal_failures.get_or_create(&l).inc();
+        self.wal_failing.get_or_create(&l).set(1);
     }
 
     /// A source's capture stopped with an error.

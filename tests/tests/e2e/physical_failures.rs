@@ -11,6 +11,8 @@ use ferry_e2e::mongo::backup_now;
 use ferry_e2e::physical::{Physical, SOURCE, pgbench, switch_wal, text};
 use ferry_e2e::processes::binary;
 use ferry_proto::reason;
+use ferry_proto::subjects::EventKind;
+use ferry_proto::v1::{BackupFailed, Stage, WalArchived};
 use ferry_storage::get_bytes;
 use ferry_storage::wal::{Lsn, segment_name};
 use ferry_testkit::{S3Server, Source, TestConfig};
@@ -61,6 +63,21 @@ async fn a_broken_archive_is_found_and_never_overwritten() {
         text(&pushed)
     );
     assert_eq!(get_bytes(store.as_ref(), &first_key).await.unwrap(), stored);
+    // Told as a failure of the archive stage, for the notifier and the metrics;
+    // and the archiver's successes are reported in batches.
+    let failed: BackupFailed = phys
+        .env
+        .event(EventKind::Failed, SOURCE, STEP, |f: &BackupFailed| {
+            f.stage == Stage::Archive as i32
+        })
+        .await;
+    assert_eq!(failed.reason, reason::WAL_ARCHIVE_FAILED);
+    assert!(failed.message.contains(&first), "{}", failed.message);
+    let report: WalArchived = phys
+        .env
+        .event(EventKind::Wal, SOURCE, STEP, |r: &WalArchived| r.files > 0)
+        .await;
+    assert!(!report.last_file.is_empty());
 
     // The same content again (a retried push): accepted. wal-fetch gives it back,
     // and says "not found" (exit 1) past the archive's end.

@@ -82,29 +82,37 @@ pub async fn push(config: &Config, args: WalPushArgs) -> anyhow::Result<ExitCode
     let source = source_of(config, args.source)?;
     let store = ferry_runtime::store::open(&config.storage)?;
     let started = Instant::now();
+    let file = args
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     match wal::push(store.as_ref(), &source, &args.path).await {
         Ok(Pushed::Stored { bytes, stored }) => {
             eprintln!(
-                "ferry wal-push: archived {} for {} ({bytes} bytes as {stored}, {} ms)",
+                "ferry wal-push: archived {} for {source} ({bytes} bytes as {stored}, {} ms)",
                 args.path.display(),
-                source,
                 started.elapsed().as_millis()
             );
+            wal::report::archived(config, &source, &args.path, &file, bytes).await;
             Ok(ExitCode::SUCCESS)
         }
         Ok(Pushed::AlreadyStored) => {
             eprintln!(
-                "ferry wal-push: {} was already archived for {} with the same content",
+                "ferry wal-push: {} was already archived for {source} with the same content",
                 args.path.display(),
-                source
             );
+            wal::report::archived(config, &source, &args.path, &file, 0).await;
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) => Err(anyhow::anyhow!(
-            "archiving {} for {} failed (PostgreSQL keeps the file and retries): {e}",
-            args.path.display(),
-            source
-        )),
+        Err(e) => {
+            let message = format!(
+                "archiving {} for {source} failed (PostgreSQL keeps the file and retries): {e}",
+                args.path.display(),
+            );
+            wal::report::failed(config, &source, &args.path, &file, &message).await;
+            Err(anyhow::anyhow!(message))
+        }
     }
 }
 

@@ -9,6 +9,8 @@
 //! archiving into one source, a restored cluster that was not promoted onto a
 //! new timeline) fails loudly, leaving the stored one intact.
 
+pub mod report;
+
 use std::io::Read;
 use std::path::Path;
 
