@@ -128,6 +128,23 @@ pub fn status_table(statuses: &[SourceStatus]) -> String {
                 if p.gaps == 1 { "" } else { "s" }
             ));
         }
+        if let Some(w) = &s.wal {
+            out.push_str(&format!(
+                "  WAL archive: {} base backup{}, newest segment {} archived {}{}\n",
+                w.base_backups,
+                if w.base_backups == 1 { "" } else { "s" },
+                w.last_segment.as_deref().unwrap_or("-"),
+                when(w.last_archived),
+                if w.missing > 0 {
+                    format!(
+                        ", {} MISSING segments (ferry pitr status names them)",
+                        w.missing
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+        }
     }
     out
 }

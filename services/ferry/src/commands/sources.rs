@@ -95,6 +95,10 @@ pub struct SourceArgs {
     /// With --pitr: or when they reach this size (`64MiB`).
     #[arg(long, requires = "pitr")]
     segment_max: Option<String>,
+    /// PostgreSQL: `logical` (pg_dump, the default) or `physical` (base backups
+    /// plus the WAL archive that `ferry wal-push` fills).
+    #[arg(long)]
+    mode: Option<String>,
 }
 
 /// Runs `ferry sources …`.
@@ -221,6 +225,9 @@ fn source_from_args(a: SourceArgs) -> anyhow::Result<SourceConfig> {
             pitr.insert("segment_max".into(), v.into());
         }
         table.insert("pitr".into(), pitr.into());
+    }
+    if let Some(mode) = a.mode {
+        table.insert("mode".into(), mode.into());
     }
     let text = toml::to_string(&table)?;
     let source: SourceConfig =

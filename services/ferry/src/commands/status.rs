@@ -60,6 +60,22 @@ pub struct SourceStatus {
     /// every window and gap).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pitr: Option<PitrSummary>,
+    /// PostgreSQL with `mode = "physical"`: the WAL archive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalSummary>,
+}
+
+/// A physical source's WAL archive, in short (`ferry pitr status` has it all).
+#[derive(Debug, Clone, Serialize)]
+pub struct WalSummary {
+    /// Base backups in the store.
+    pub base_backups: usize,
+    /// The newest archived segment (of the newest timeline).
+    pub last_segment: Option<String>,
+    /// When it was stored.
+    pub last_archived: Option<DateTime<Utc>>,
+    /// Missing segments (each breaks restores past it).
+    pub missing: u64,
 }
 
 /// A capturing source's point-in-time summary.
@@ -183,6 +199,25 @@ pub async fn collect(rt: &Runtime) -> anyhow::Result<Vec<SourceStatus>> {
         } else {
             None
         };
+        let wal = if s.config.mode == ferry_runtime::config::PostgresMode::Physical {
+            match super::pitr::wal_status(store.as_ref(), &name, false).await {
+                Ok(w) => {
+                    let newest = w.timelines.last();
+                    Some(WalSummary {
+                        base_backups: w.base_backups.len(),
+                        last_segment: newest.and_then(|t| t.last_segment.clone()),
+                        last_archived: newest.and_then(|t| t.last_archived),
+                        missing: w.missing.iter().map(|m| m.count).sum(),
+                    })
+                }
+                Err(e) => {
+                    eprintln!("warning: cannot read the WAL archive of {name}: {e:#}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         out.push(SourceStatus {
             source: name,
             origin: output::origin(s.origin),
@@ -192,6 +227,7 @@ pub async fn collect(rt: &Runtime) -> anyhow::Result<Vec<SourceStatus>> {
             next_run,
             running,
             pitr,
+            wal,
         });
     }
     Ok(out)
