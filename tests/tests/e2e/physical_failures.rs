@@ -185,7 +185,10 @@ async fn a_broken_archive_is_found_and_never_overwritten() {
         "fetched what was pushed"
     );
 
-    // A missing segment after the base backup: found, and restores past it refused.
+    // A missing segment after the base backup: found by pitr status and verify,
+    // and restores past it refused.
+    let verified = phys.ferry(&["verify", "--source", SOURCE]).await;
+    assert!(verified.status.success(), "{}", text(&verified));
     let gone = segment_name(1, stop.segment(size) + 2, size);
     store
         .delete(&format!("wal/{SOURCE}/00000001/{gone}"))
@@ -215,9 +218,15 @@ async fn a_broken_archive_is_found_and_never_overwritten() {
         text(&refused)
     );
 
-    // A damaged segment the base backup needs: found by verify and status --check.
     let verified = phys.ferry(&["verify", "--source", SOURCE]).await;
-    assert!(verified.status.success(), "{}", text(&verified));
+    assert!(!verified.status.success(), "{}", text(&verified));
+    assert!(
+        text(&verified).contains(&format!("WAL {gone}")),
+        "{}",
+        text(&verified)
+    );
+
+    // A damaged segment the base backup needs: found by verify and status --check.
     store
         .put_bytes(&first_key, bytes::Bytes::from(vec![0u8; 4096]), None)
         .await

@@ -82,7 +82,8 @@ pub async fn run(config: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> 
 }
 
 /// A physical base backup needs its WAL, from its start to its end, to become
-/// consistent: each of those segments must be archived and decompress intact.
+/// consistent: each of those segments must be archived and decompress intact;
+/// and the archive after it must have no hole (a restore from it stops there).
 /// Then, where `pg_verifybackup` is installed, the backup is unpacked into a
 /// scratch directory with that WAL, and PostgreSQL's own `backup_manifest` check
 /// runs on it (every file's checksum, and the WAL parsed from start to end).
@@ -118,6 +119,22 @@ pub async fn verify_physical(
         });
     }
     if !problems.is_empty() {
+        return Ok(problems);
+    }
+    // The chain after it: a hole stops every restore from this backup there.
+    let archive = ferry_storage::wal::Archive::list(store, &manifest.source, size, None).await?;
+    let to = archive.latest_timeline_from(physical.timeline);
+    if let Ok(path) = archive.path(physical.timeline, start, to)
+        && let Some(name) = archive.first_missing(&path, None)
+    {
+        let file = WalFileName::parse(&name).map_err(anyhow::Error::msg)?;
+        problems.push(Problem {
+            file: format!("WAL {name}"),
+            object: wal_key(&manifest.source, &file),
+            problem: format!(
+                "missing from the WAL archive: restores from this backup cannot pass it (timeline {to})"
+            ),
+        });
         return Ok(problems);
     }
     let Some(tool) =
