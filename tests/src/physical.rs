@@ -53,6 +53,15 @@ impl Physical {
     /// `pgbench -i`, and starts Ferry with the physical source `phys` (and
     /// `extra` sources).
     pub async fn start(extra: impl FnOnce(&crate::Paths, TestConfig) -> TestConfig) -> Physical {
+        Physical::start_with(|s| s, extra).await
+    }
+
+    /// [`Physical::start`] with the `phys` source changed by `source` (a retention
+    /// policy, say).
+    pub async fn start_with(
+        source: impl FnOnce(Source) -> Source + Send + 'static,
+        extra: impl FnOnce(&crate::Paths, TestConfig) -> TestConfig,
+    ) -> Physical {
         let shared = PgCluster::from_env();
         let root = OwnRoot::new(&shared.bin_dir);
         let s3 = S3Server::moto().await;
@@ -90,11 +99,11 @@ impl Physical {
         let url = pg.url_without_password(DB);
         let (s3_env, prefix_env, key_dir) = (s3.clone(), prefix.clone(), root.path.clone());
         let env = TestEnv::start("", move |paths, c| {
-            let c = c.s3_store(&s3_env, &prefix_env, &key_dir).source(
+            let c = c.s3_store(&s3_env, &prefix_env, &key_dir).source(source(
                 Source::postgres(SOURCE, &url)
                     .password_file(&password)
                     .set("mode", "physical"),
-            );
+            ));
             extra(paths, c)
         })
         .await;

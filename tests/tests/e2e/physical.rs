@@ -11,12 +11,17 @@ use std::time::Duration;
 
 use ferry_e2e::mongo::backup_now;
 use ferry_e2e::physical::{Mark, Physical, SOURCE, mark, pgbench, state, switch_wal, text};
+use ferry_proto::subjects::EventKind;
+use ferry_proto::v1::RetentionApplied;
+use ferry_storage::wal::{Lsn, segment_name};
+use ferry_testkit::wait_until;
 
 const STEP: Duration = Duration::from_secs(240);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn physical_restores_reach_each_instant_on_each_timeline() {
-    let phys = Physical::start(|_, c| c).await;
+    // Retention keeps the newest base backup: it runs after each one.
+    let phys = Physical::start_with(|s| s.keep_last(1), |_, c| c).await;
     let pg = phys.pg();
     let before_backup = chrono::Utc::now();
 
@@ -143,4 +148,65 @@ async fn physical_restores_reach_each_instant_on_each_timeline() {
     assert!(timelines.starts_with(&[1, 2]), "{timelines:?}");
     let verified = phys.ferry(&["verify", "--source", SOURCE]).await;
     assert!(verified.status.success(), "{}", text(&verified));
+
+    // A second base backup: retention deletes the first, then the WAL before the
+    // second's start on its timeline; what the second needs stays.
+    let second = backup_now(&phys.env, SOURCE, STEP).await;
+    let applied: RetentionApplied = phys
+        .env
+        .event(
+            EventKind::Retention,
+            SOURCE,
+            STEP,
+            |r: &RetentionApplied| r.deleted.iter().any(|d| d.backup_id == base.backup_id),
+        )
+        .await;
+    assert_eq!(applied.kept.len(), 1);
+    let kept = second.postgres.unwrap().physical.unwrap();
+    let size = kept.wal_segment_size;
+    let start: Lsn = kept.start_lsn.parse().unwrap();
+    let store = phys.env.store();
+    // The first base backup's first segment: archived (verify checked it), and
+    // older than anything the second needs.
+    let first_start: Lsn = physical.start_lsn.parse().unwrap();
+    let before = segment_name(1, first_start.segment(size), size);
+    assert!(first_start.segment(size) < start.segment(size));
+    let first_needed = segment_name(1, start.segment(size), size);
+    wait_until("WAL before the kept base backup expired", STEP, || async {
+        store
+            .head(&format!("wal/{SOURCE}/00000001/{before}"))
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        store
+            .head(&format!("wal/{SOURCE}/00000001/{first_needed}"))
+            .await
+            .unwrap()
+            .is_some(),
+        "the kept backup's first segment stays"
+    );
+    let verified = phys.ferry(&["verify", "--source", SOURCE]).await;
+    assert!(verified.status.success(), "{}", text(&verified));
+    let refused = phys
+        .ferry(&[
+            "restore",
+            "--source",
+            SOURCE,
+            "--timeline",
+            "1",
+            "--at",
+            &at(&marks[4]),
+            "--to-datadir",
+            &phys.root.path.join("gone").display().to_string(),
+        ])
+        .await;
+    assert!(
+        text(&refused).contains("no base backup of phys is consistent by"),
+        "{}",
+        text(&refused)
+    );
 }
