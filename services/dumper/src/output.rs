@@ -70,13 +70,21 @@ impl Compression {
         }
     }
 
-    /// An encoder writing compressed bytes into `out`.
+    /// An encoder writing compressed bytes into `out`; zstd with `workers` > 1
+    /// compresses on that many threads (one frame still: any zstd reads it).
     fn encoder<W: Write + Send + 'static>(
         &self,
         out: W,
+        workers: u32,
     ) -> std::io::Result<Box<dyn Encoder<W> + Send>> {
         Ok(match *self {
-            Compression::Zstd { level } => Box::new(zstd::stream::write::Encoder::new(out, level)?),
+            Compression::Zstd { level } => {
+                let mut encoder = zstd::stream::write::Encoder::new(out, level)?;
+                if workers > 1 {
+                    encoder.multithread(workers)?;
+                }
+                Box::new(encoder)
+            }
             Compression::Gzip { level } => Box::new(flate2::write::GzEncoder::new(
                 out,
                 flate2::Compression::new(level.min(9)),
@@ -259,6 +267,17 @@ impl JobOutput {
     /// Opens `name` (relative, `/`-separated, e.g. `shop/items.bson`); the stored
     /// name gets the compression suffix. Cheap to call from several tasks at once.
     pub async fn create(&self, name: &str) -> std::io::Result<OutputFile> {
+        self.create_with_workers(name, 1).await
+    }
+
+    /// [`Self::create`] for one large stream that is the job's only work (a
+    /// physical base backup): zstd compresses it on `workers` threads, as
+    /// `zstd -T0` would, instead of one.
+    pub async fn create_with_workers(
+        &self,
+        name: &str,
+        workers: u32,
+    ) -> std::io::Result<OutputFile> {
         let (stored, path) = self.target(name)?;
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent).await?;
@@ -269,7 +288,7 @@ impl JobOutput {
         let (give_back, recycled) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHUNKS_QUEUED + 1);
         let compression = self.inner.compression;
         let task = tokio::task::spawn_blocking(move || {
-            let mut compressor = Compressor::create(&path, compression)?;
+            let mut compressor = Compressor::create(&path, compression, workers)?;
             // Blocking on the channel is what a blocking-pool thread is for.
             while let Some(mut chunk) = chunks.blocking_recv() {
                 compressor.write(&chunk)?;
@@ -289,6 +308,48 @@ impl JobOutput {
         })
     }
 
+    /// Compresses everything `input` yields into the spool as `name` on a blocking
+    /// thread that reads and compresses itself (zstd on `workers` threads), the
+    /// way `zstd -T0` reads a pipe: no hop through the async runtime per chunk.
+    /// `inspect` sees every chunk first. For one large stream that is the job's
+    /// only work (a physical base backup from pg_basebackup's stdout).
+    pub async fn copy_from<R, F>(
+        &self,
+        name: &str,
+        mut input: R,
+        workers: u32,
+        mut inspect: F,
+    ) -> std::io::Result<DumpFile>
+    where
+        R: Read + Send + 'static,
+        F: FnMut(&[u8]) + Send + 'static,
+    {
+        let (stored, path) = self.target(name)?;
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        let compression = self.inner.compression;
+        let (size, sha256) = tokio::task::spawn_blocking(move || {
+            let mut compressor = Compressor::create(&path, compression, workers)?;
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                match input.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        inspect(&buf[..n]);
+                        compressor.write(&buf[..n])?;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            compressor.finish()
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        self.record(stored, size, sha256).await
+    }
+
     /// Compresses an already complete local file (e.g. one pg_dump closed) into the
     /// spool as `name`, then removes `src`.
     pub async fn ingest(&self, name: &str, src: &Path) -> std::io::Result<DumpFile> {
@@ -300,7 +361,7 @@ impl JobOutput {
         let src_owned = src.to_path_buf();
         let (size, sha256) = tokio::task::spawn_blocking(move || {
             let mut input = std::fs::File::open(&src_owned)?;
-            let mut compressor = Compressor::create(&path, compression)?;
+            let mut compressor = Compressor::create(&path, compression, 1)?;
             let mut buf = vec![0u8; CHUNK];
             loop {
                 match input.read(&mut buf) {
@@ -370,14 +431,15 @@ struct Compressor {
 }
 
 impl Compressor {
-    fn create(path: &Path, compression: Compression) -> std::io::Result<Self> {
+    fn create(path: &Path, compression: Compression, workers: u32) -> std::io::Result<Self> {
         let sink = HashingFile {
             file: std::fs::File::create(path)?,
             hasher: Sha256::new(),
             size: 0,
         };
         Ok(Compressor {
-            encoder: compression.encoder(std::io::BufWriter::with_capacity(CHUNK, sink))?,
+            encoder: compression
+                .encoder(std::io::BufWriter::with_capacity(CHUNK, sink), workers)?,
         })
     }
 

@@ -17,7 +17,6 @@ use ferry_proto::v1::{PostgresDatabase, PostgresDetails, PostgresPhysical};
 use ferry_runtime::HandlerError;
 use ferry_runtime::config::SourceConfig;
 use secrecy::SecretString;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::errors::{classify_tool_error, spool_io};
 use super::run::{missing, spawn};
@@ -73,31 +72,27 @@ impl PgTools {
             .arg(&url)
             .stdout(Stdio::piped());
         let mut running = spawn(cmd, password).map_err(|e| missing(&pg_basebackup, e))?;
-        let mut stdout = running.child.stdout.take().expect("stdout is piped");
+        let stdout = running.child.stdout.take().expect("stdout is piped");
+        // Read on a blocking thread, like a shell pipeline's zstd: the stream is
+        // the job's only work, so it gets the threads (compression on every core).
+        let stdout = std::fs::File::from(stdout.into_owned_fd().map_err(|e| {
+            HandlerError::retryable(reason::INTERNAL, format!("pg_basebackup's stdout: {e}"))
+        })?);
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         let name = BASE_TAR;
-        let mut file = out
-            .create(name)
-            .await
-            .map_err(|e| spool_io(&format!("creating {name} in the spool"), &e))?;
+        let clock = std::time::Instant::now();
         // The tar passes through a scanner on its way to the compressor: its
         // backup_label and backup_manifest say where the backup's WAL starts and
         // ends (pg_basebackup does not print them when the tar goes to stdout).
-        let mut scan = TarScan::default();
-        let copied: std::io::Result<()> = async {
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = stdout.read(&mut buf).await?;
-                if n == 0 {
-                    return Ok(());
-                }
-                scan.feed(&buf[..n]);
-                file.write_all(&buf[..n]).await?;
-            }
-        }
-        .await;
-        // A failed write (a full spool) ends the copy; dropping `running` then
-        // kills pg_basebackup, and the server ends the backup.
-        drop(stdout);
+        // A failed write (a full spool) ends the copy and closes the pipe, so
+        // pg_basebackup fails too, and the server ends the backup.
+        let scan = std::sync::Arc::new(std::sync::Mutex::new(TarScan::default()));
+        let copied = out
+            .copy_from(name, stdout, workers, {
+                let scan = scan.clone();
+                move |chunk: &[u8]| scan.lock().expect("tar scan").feed(chunk)
+            })
+            .await;
         let status = running.child.wait().await.map_err(|e| {
             HandlerError::retryable(
                 reason::DUMP_FAILED,
@@ -110,10 +105,9 @@ impl PgTools {
             return Err(classify_basebackup_error(&source.name, &stderr));
         }
         copied.map_err(|e| spool_io(&format!("writing {name} into the spool"), &e))?;
-        file.finish()
-            .await
-            .map_err(|e| spool_io(&format!("writing {name} into the spool"), &e))?;
-        let points = scan.points().ok_or_else(|| {
+        let streamed = clock.elapsed();
+        let points = scan.lock().expect("tar scan").points();
+        let points = points.ok_or_else(|| {
             HandlerError::retryable(
                 reason::DUMP_FAILED,
                 format!(
@@ -132,7 +126,13 @@ impl PgTools {
         .await?
         .get(0);
         let now = chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default();
-        tracing::info!(start = %points.start, stop = %points.stop, timeline = points.timeline, "base backup completed");
+        tracing::info!(
+            start = %points.start,
+            stop = %points.stop,
+            timeline = points.timeline,
+            duration_ms = streamed.as_millis() as u64,
+            "base backup completed"
+        );
         Ok(PgDump {
             databases: Vec::new(),
             details: PostgresDetails {
