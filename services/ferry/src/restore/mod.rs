@@ -198,13 +198,29 @@ async fn fetch_file(
         Ok(())
     })
     .await?;
+    let size = match check_digest(file, &digest) {
+        Ok(size) => size,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(e);
+        }
+    };
+    decoded.map_err(|e| anyhow::anyhow!("decompressing {}: {e:#}", file.name))?;
+    Ok(size)
+}
+
+/// The size of what a [`Hashing`] reader read, or an error naming the file and
+/// object when its size or SHA-256 differs from the manifest's.
+pub(crate) fn check_digest(
+    file: &ManifestFile,
+    digest: &Mutex<(Sha256, u64)>,
+) -> anyhow::Result<u64> {
     let (hasher, size) = {
         let guard = digest.lock().expect("digest lock");
         (guard.0.clone(), guard.1)
     };
     let sha = hex::encode(hasher.finalize());
     if sha != file.sha256 || size != file.size {
-        let _ = tokio::fs::remove_file(&path).await;
         anyhow::bail!(
             "{} (object {}) is corrupt: expected {} bytes with SHA-256 {}, got {size} bytes with {sha}",
             file.name,
@@ -213,7 +229,6 @@ async fn fetch_file(
             file.sha256
         );
     }
-    decoded.map_err(|e| anyhow::anyhow!("decompressing {}: {e:#}", file.name))?;
     Ok(size)
 }
 

@@ -315,20 +315,7 @@ pub async fn unpack_base(
                 Ok(())
             })
             .await?;
-            let (hasher, size) = {
-                let guard = digest.lock().expect("digest lock");
-                (guard.0.clone(), guard.1)
-            };
-            let sha = hex::encode(hasher.finalize());
-            if sha != file.sha256 || size != file.size {
-                anyhow::bail!(
-                    "{} (object {}) is corrupt: expected {} bytes with SHA-256 {}, got {size} bytes with {sha}",
-                    file.name,
-                    file.object,
-                    file.size,
-                    file.sha256
-                );
-            }
+            let size = super::check_digest(file, &digest)?;
             unpacked.map_err(|e| anyhow::anyhow!("unpacking {}: {e:#}", file.name))?;
             total += size;
         }
