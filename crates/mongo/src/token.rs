@@ -35,6 +35,21 @@ pub fn cluster_time(token: &ResumeToken) -> Option<Timestamp> {
     }
 }
 
+/// The cluster time up to which a post-batch token proves the stream has read
+/// every change, when its server's tokens prove that: mongod's do (an empty
+/// batch's token stands at the point up to which every change is visible).
+/// SecantusDB's do not: on an empty batch it mints a token with a fresh cluster
+/// time while a write with an earlier one may still be committing, so reading
+/// its time as a watermark could end a capture before that write arrives.
+pub fn watermark(token: &ResumeToken) -> Option<Timestamp> {
+    let doc = bson::to_document(token).ok()?;
+    let data = doc.get_str("_data").ok()?;
+    match data.get(..2)? {
+        "82" => cluster_time(token),
+        _ => None,
+    }
+}
+
 /// `token` as text for a record: the hex of its BSON document.
 pub fn to_hex(token: &ResumeToken) -> Option<String> {
     let raw = bson::to_raw_document_buf(token).ok()?;
@@ -78,6 +93,9 @@ mod tests {
                 increment: 105
             })
         );
+        // Only mongod's is a watermark.
+        assert_eq!(watermark(&mongod), cluster_time(&mongod));
+        assert_eq!(watermark(&secantus), None);
         assert_eq!(cluster_time(&token("zz")), None);
         assert_eq!(cluster_time(&token("")), None);
     }

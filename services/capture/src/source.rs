@@ -11,8 +11,9 @@
 //! arrived (it is carried into the next segment), or an empty reply came whose
 //! resume token stands at or after the fence (mongod's post-batch token), or an
 //! empty reply to a request sent [`SETTLE`] after the fence was read (a server
-//! whose token stays on its last event, SecantusDB's; the wait covers a write that
-//! has its cluster time but is not yet visible to change streams).
+//! whose token proves nothing, SecantusDB's, see [`ferry_mongo::token::watermark`];
+//! the wait covers a write that has its cluster time but is not yet visible to
+//! change streams).
 //!
 //! The stream's future is never dropped half-way: stopping (shutdown, the lease
 //! lost) is checked between replies, each at most [`AWAIT`] long, so no event the
@@ -342,7 +343,7 @@ impl SourceCapture {
                 None => {
                     let token_past = stream
                         .resume_token()
-                        .and_then(|t| ferry_mongo::token::cluster_time(&t))
+                        .and_then(|t| ferry_mongo::token::watermark(&t))
                         .is_some_and(|t| t >= fence);
                     if token_past || sent.duration_since(fenced_at) >= SETTLE {
                         break;

@@ -121,7 +121,10 @@ async fn writes_during_the_dump_restore_to_the_recorded_instant() {
         "writes ran during the dump: {during} of {}",
         log.len()
     );
-    assert!(details.oplog_entries >= during as u64, "{details:?}");
+    assert!(
+        details.oplog_entries >= during as u64,
+        "every write between start and end is captured: {during} written, {details:?}"
+    );
     assert!(log.iter().any(|(t, _)| *t > end), "and went on after it");
 
     // The source as it was at the end instant, from the write log.

@@ -1,5 +1,5 @@
-//! The changes made while a dump runs, captured with a change stream opened at the
-//! dump's start time and written to `oplog.bson` in oplog-entry form (see
+//! The changes made while a dump runs, captured with a change stream opened just
+//! before the dump's start time and written to `oplog.bson` in oplog-entry form (see
 //! [`ferry_mongo::oplog`]), the form `mongodump --oplog` leaves. Replaying them in
 //! order over the collections' data (read at any time after the start) is
 //! idempotent and lands on the end instant.
@@ -32,10 +32,10 @@ const AWAIT: Duration = Duration::from_millis(300);
 
 /// Once the end is known, how long the stream must have been asked before an
 /// empty reply is taken to mean every change up to the end was seen, unless the
-/// stream's own resume token says it is past the end (mongod's does; SecantusDB's
-/// stays on the last event). A server may make a write visible to change streams
-/// a moment after giving it its cluster time, so the first empty reply is not
-/// proof on its own.
+/// stream's post-batch token proves it read past the end (mongod's does, see
+/// [`ferry_mongo::token::watermark`]; SecantusDB's cannot). A server may make a
+/// write visible to change streams a moment after giving it its cluster time, so
+/// the first empty reply is not proof on its own.
 const SETTLE: Duration = Duration::from_secs(1);
 
 /// What the capture wrote.
@@ -71,12 +71,12 @@ impl Drop for Capture {
 type Stream = mongodb::change_stream::ChangeStream<RawDocumentBuf>;
 
 impl Capture {
-    /// Opens the change stream at `start`. None when the server has no change
-    /// streams (a standalone server): the dump then is not a single instant.
+    /// Opens the change stream where the server's committed changes end (no start
+    /// position: see the caller). None when the server has no change streams (a
+    /// standalone server): the dump then is not a single instant.
     pub async fn start(
         client: &Client,
         source: &str,
-        start: Timestamp,
         databases: &[String],
         filter: &CollectionFilter,
         out: &JobOutput,
@@ -84,19 +84,11 @@ impl Capture {
         // One database: a database-level stream, which a user with only `read` on
         // that database may open. Several: one cluster-wide stream, in order.
         let stream = match databases {
-            [db] => {
-                client
-                    .database(db)
-                    .watch()
-                    .start_at_operation_time(start)
-                    .max_await_time(AWAIT)
-                    .await
-            }
+            [db] => client.database(db).watch().max_await_time(AWAIT).await,
             _ => {
                 client
                     .watch()
                     .pipeline([doc! { "$match": { "ns.db": { "$in": databases } } }])
-                    .start_at_operation_time(start)
                     .max_await_time(AWAIT)
                     .await
             }
@@ -170,7 +162,7 @@ async fn run(
             if let (Some(end), Some(known_at)) = (end_known, end_known_at) {
                 let token_past = stream
                     .resume_token()
-                    .and_then(|t| ferry_mongo::token::cluster_time(&t))
+                    .and_then(|t| ferry_mongo::token::watermark(&t))
                     .is_some_and(|t| t >= end);
                 if token_past || sent.duration_since(known_at) >= SETTLE {
                     break;

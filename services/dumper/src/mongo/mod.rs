@@ -103,15 +103,15 @@ pub async fn dump(
         .map_err(|e| HandlerError::permanent(reason::DUMP_FAILED, format!("{name}: {e}")))?;
     let databases = databases(&client, source, requested).await?;
 
-    // The instant the dump starts: changes from here on are captured, so replaying
-    // them over data read later lands on the end instant.
+    // The change stream opens first, where the server's committed changes end, and
+    // the start instant is read after it: every change from the start on is then
+    // in the stream, and replaying them over data read later lands on the end
+    // instant. (Opening at the start time instead asks the server to find that
+    // time in its oplog; SecantusDB, under load, can place such a stream past a
+    // write still being committed and never deliver it.) Changes between the
+    // opening and the start are captured too; replaying them is harmless.
+    let capture = changes::Capture::start(&client, name, &databases, &filter, out).await?;
     let start = operation_time(&admin, name).await?;
-    let capture = match start {
-        Some(start) => {
-            changes::Capture::start(&client, name, start, &databases, &filter, out).await?
-        }
-        None => None,
-    };
     if capture.is_none() {
         warnings.push(
             "no change stream (a standalone server?): changes made while the dump ran are not captured, so the backup is not a single point in time".into(),
@@ -161,10 +161,12 @@ pub async fn dump(
         .sort_by(|a, b| (&a.database, &a.name).cmp(&(&b.database, &b.name)));
 
     if let Some(capture) = capture {
-        let end = operation_time(&admin, name)
-            .await?
-            .or(start)
-            .expect("a capture exists only with a start time");
+        let end = operation_time(&admin, name).await?.or(start).ok_or_else(|| {
+            HandlerError::permanent(
+                reason::DUMP_FAILED,
+                format!("{name}: the server serves change streams but gives no cluster time (operationTime), so the dump's instant cannot be recorded"),
+            )
+        })?;
         let captured = capture.finish(end).await?;
         if let Some((from, to)) = captured.renamed.first() {
             // As `mongodump --oplog` refuses such a dump; this one is retried.
