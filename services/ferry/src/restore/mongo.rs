@@ -163,6 +163,15 @@ pub async fn restore(
         .into_iter()
         .partition(|(_, m)| m.get_str("type") == Ok("view"));
 
+    // Without --drop, an occupied target is refused before anything is written:
+    // collections restored in parallel would otherwise be half done when one of
+    // them finds its target occupied.
+    if !opts.drop {
+        for (item, _) in collections.iter().chain(views.iter()) {
+            load::refuse_occupied(&client.database(&target_db(&item.db)), &item.name).await?;
+        }
+    }
+
     let expected: u64 = manifest
         .mongodb
         .as_ref()

@@ -146,22 +146,41 @@ pub async fn view(
 /// An existing collection is replaced with `--drop`, and refused otherwise unless
 /// it is empty (then it is recreated with the backup's options).
 async fn prepare_target(db: &Database, name: &str, drop: bool) -> anyhow::Result<()> {
-    let existing = db
-        .list_collection_names()
-        .filter(doc! { "name": name })
-        .await?;
-    if existing.is_empty() {
+    if !exists(db, name).await? {
         return Ok(());
     }
-    let coll = db.collection::<Document>(name);
-    if !drop && coll.estimated_document_count().await? > 0 {
+    if !drop {
+        refuse_occupied(db, name).await?;
+    }
+    db.collection::<Document>(name).drop().await?;
+    Ok(())
+}
+
+/// Refuses a target collection that exists and holds documents (without --drop).
+/// The restore asks this of every collection before it writes anything, so a
+/// refused restore leaves the target as it was.
+pub async fn refuse_occupied(db: &Database, name: &str) -> anyhow::Result<()> {
+    if exists(db, name).await?
+        && db
+            .collection::<Document>(name)
+            .estimated_document_count()
+            .await?
+            > 0
+    {
         anyhow::bail!(
             "{}.{name} already exists in the target and holds documents: pass --drop to replace it, or restore under another name with --rename-db",
             db.name()
         );
     }
-    coll.drop().await?;
     Ok(())
+}
+
+async fn exists(db: &Database, name: &str) -> anyhow::Result<bool> {
+    let existing = db
+        .list_collection_names()
+        .filter(doc! { "name": name })
+        .await?;
+    Ok(!existing.is_empty())
 }
 
 fn tokio_stream_from<T: Send + 'static>(
