@@ -16,9 +16,7 @@ use mongodb::change_stream::event::ResumeToken;
 
 /// The cluster time `token` stands at, when its encoding is known.
 pub fn cluster_time(token: &ResumeToken) -> Option<Timestamp> {
-    let doc = bson::to_document(token).ok()?;
-    let data = doc.get_str("_data").ok()?;
-    let bytes = hex::decode(data).ok()?;
+    let bytes = data(token)?;
     match bytes.first()? {
         0x82 if bytes.len() >= 9 => {
             let time = u32::from_be_bytes(bytes[1..5].try_into().ok()?);
@@ -42,12 +40,16 @@ pub fn cluster_time(token: &ResumeToken) -> Option<Timestamp> {
 /// time while a write with an earlier one may still be committing, so reading
 /// its time as a watermark could end a capture before that write arrives.
 pub fn watermark(token: &ResumeToken) -> Option<Timestamp> {
-    let doc = bson::to_document(token).ok()?;
-    let data = doc.get_str("_data").ok()?;
-    match data.get(..2)? {
-        "82" => cluster_time(token),
+    match data(token)?.first()? {
+        0x82 => cluster_time(token),
         _ => None,
     }
+}
+
+/// The token's `_data`, decoded from hex.
+fn data(token: &ResumeToken) -> Option<Vec<u8>> {
+    let doc = bson::to_document(token).ok()?;
+    hex::decode(doc.get_str("_data").ok()?).ok()
 }
 
 /// `token` as text for a record: the hex of its BSON document.

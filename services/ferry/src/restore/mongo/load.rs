@@ -150,7 +150,7 @@ async fn prepare_target(db: &Database, name: &str, drop: bool) -> anyhow::Result
         return Ok(());
     }
     if !drop {
-        refuse_occupied(db, name).await?;
+        refuse_documents(db, name).await?;
     }
     db.collection::<Document>(name).drop().await?;
     Ok(())
@@ -160,12 +160,19 @@ async fn prepare_target(db: &Database, name: &str, drop: bool) -> anyhow::Result
 /// The restore asks this of every collection before it writes anything, so a
 /// refused restore leaves the target as it was.
 pub async fn refuse_occupied(db: &Database, name: &str) -> anyhow::Result<()> {
-    if exists(db, name).await?
-        && db
-            .collection::<Document>(name)
-            .estimated_document_count()
-            .await?
-            > 0
+    if exists(db, name).await? {
+        refuse_documents(db, name).await?;
+    }
+    Ok(())
+}
+
+/// Refuses an existing target collection that holds documents.
+async fn refuse_documents(db: &Database, name: &str) -> anyhow::Result<()> {
+    if db
+        .collection::<Document>(name)
+        .estimated_document_count()
+        .await?
+        > 0
     {
         anyhow::bail!(
             "{}.{name} already exists in the target and holds documents: pass --drop to replace it, or restore under another name with --rename-db",
