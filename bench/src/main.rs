@@ -22,6 +22,7 @@
 //! `ferry-bench retention [--backups 10000]` needs only a disk (about 5 GB for the
 //! million small objects of the default size).
 
+mod encryption;
 mod mongo;
 mod pg_dump;
 mod pg_physical;
@@ -170,6 +171,35 @@ enum Bench {
         #[arg(long, default_value = "10s")]
         span: String,
     },
+    /// What client-side encryption costs a backup: a dump, then its files stored
+    /// through the uploader plain and encrypted, CPU and wall of each.
+    Encryption {
+        /// `postgres` or `mongodb`.
+        #[arg(long, default_value = "postgres")]
+        engine: String,
+        /// Size of the database, in GB (generated once, reused).
+        #[arg(long, default_value_t = 1.0)]
+        gb: f64,
+        /// The MongoDB server, for `--engine mongodb`.
+        #[arg(
+            long,
+            env = "FERRY_TEST_MONGO_URL",
+            default_value = "mongodb://127.0.0.1:57017"
+        )]
+        mongo_url: String,
+    },
+    /// Internal: stores a dump's files through the uploader (spawned by `encryption`).
+    #[command(hide = true)]
+    StoreChild {
+        #[arg(long)]
+        spool: std::path::PathBuf,
+        #[arg(long)]
+        files: std::path::PathBuf,
+        #[arg(long)]
+        store: std::path::PathBuf,
+        #[arg(long)]
+        seal: bool,
+    },
     /// Retention of one source with 10,000 backups and 1,000,000 objects (fs store).
     Retention {
         /// Backups of the source (each references 100 objects).
@@ -242,6 +272,17 @@ async fn main() -> anyhow::Result<()> {
             parallel,
         } => mongo::child(url, db, out, parallel).await,
         Bench::Retention { backups, dir } => retention::run(backups, dir).await,
+        Bench::Encryption {
+            engine,
+            gb,
+            mongo_url,
+        } => encryption::run(&engine, gb, &mongo_url).await,
+        Bench::StoreChild {
+            spool,
+            files,
+            store,
+            seal,
+        } => encryption::store_child(spool, files, store, seal).await,
         Bench::Pitr {
             url,
             ops,

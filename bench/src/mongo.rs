@@ -134,6 +134,7 @@ pub async fn child(url: String, db: String, out: PathBuf, parallel: usize) -> an
             sha256: f.sha256.clone(),
             compression: ferry_storage::Compression::parse(&f.compression).unwrap(),
             reused: false,
+            stored: None,
         })
         .collect();
     let manifest = Manifest {
@@ -154,6 +155,7 @@ pub async fn child(url: String, db: String, out: PathBuf, parallel: usize) -> an
         trace_id: None,
         mongodb: None,
         postgres: None,
+        locked: false,
     };
     std::fs::write(out.join("manifest.json"), manifest.to_json())?;
     Ok(())
@@ -237,6 +239,14 @@ fn dir_size(dir: &Path) -> u64 {
         }
     }
     total
+}
+
+/// The dataset of `gb` GB on the server at `url` (generated once), by name.
+pub(crate) async fn ensure_bench_dataset(url: &str, gb: f64) -> anyhow::Result<String> {
+    let client = Client::with_uri_str(url).await?;
+    let db = format!("ferry_bench_{}", (gb * 100.0).round() as u64);
+    ensure_dataset(&client, &db, gb).await?;
+    Ok(db)
 }
 
 /// Fills `db` with about `gb` GB of order-like documents in three collections,

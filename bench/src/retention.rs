@@ -167,6 +167,7 @@ fn generate(root: &Path, source: &str, backups: usize, pool: usize) -> anyhow::R
                     sha256: sha,
                     compression: ferry_storage::Compression::None,
                     reused,
+                    stored: None,
                 }
             })
             .collect();

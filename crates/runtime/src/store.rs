@@ -27,6 +27,24 @@ pub fn open(config: &StorageConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
     }
 }
 
+/// For a writer that does not encrypt yet (MongoDB change capture, WAL archiving):
+/// refused when `[encryption]` is on, and refused by a store that is encrypted, so
+/// that nothing reaches an encrypted store in plaintext. `what` names the writer.
+pub async fn check_plaintext_writer(
+    config: &crate::Config,
+    store: &dyn ObjectStore,
+    what: &str,
+) -> anyhow::Result<()> {
+    if config.encryption.enabled() {
+        anyhow::bail!(
+            "{what} does not encrypt yet, and [encryption] is on: it refuses to write plaintext into {}; turn it off for this store or keep encryption off",
+            store.describe()
+        );
+    }
+    ferry_storage::encryption::check_store(store, None).await?;
+    Ok(())
+}
+
 /// The S3 options of `[storage]`, with the credentials read from their variables or
 /// files (named in errors, never printed).
 pub fn s3_options(config: &StorageConfig) -> anyhow::Result<S3Options> {

@@ -24,9 +24,11 @@ use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Serialize;
 
+use crate::encryption::{OpenError, Opener, Sealer};
 use crate::layout::{
     self, BACKUPS_PREFIX, KeyKind, OBJECTS_PREFIX, keep_mark_key, manifest_key, source_prefix,
 };
+use crate::manifest::ManifestError;
 use crate::pitr::{
     ClusterTime, GapRecord, PITR_PREFIX, RecordKey, RecordKind, SegmentRecord, Timeline,
     TimelineRecord, gap_key, parse_pitr_key, pitr_prefix, segment_key,
@@ -79,21 +81,65 @@ pub enum CatalogError {
         /// What is wrong with it.
         why: String,
     },
+    /// The manifest is encrypted and the identity given cannot open it.
+    #[error(transparent)]
+    Encrypted(#[from] OpenError),
+    /// The manifest is encrypted and no identity was given.
+    #[error(
+        "backup {backup_id} of {source_name} is encrypted: pass --identity FILE (or set encryption.identity_file) with an identity of one of its recipients"
+    )]
+    Locked {
+        /// The source.
+        source_name: String,
+        /// The backup.
+        backup_id: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
 
-/// The catalog of one store.
+/// The catalog of one store, with the keys of an encrypted store when the caller
+/// has them: a sealer to write encrypted manifests, an opener to read them.
 #[derive(Clone, Copy)]
 pub struct Catalog<'a> {
     store: &'a dyn ObjectStore,
+    sealer: Option<&'a Sealer>,
+    opener: Option<&'a Opener>,
 }
 
 impl<'a> Catalog<'a> {
-    /// The catalog of `store`.
+    /// The catalog of `store`, without keys: encrypted manifests read as their
+    /// [`Manifest::locked`] view, and manifests are written in plaintext.
     pub fn new(store: &'a dyn ObjectStore) -> Self {
-        Catalog { store }
+        Catalog {
+            store,
+            sealer: None,
+            opener: None,
+        }
+    }
+
+    /// This catalog, writing manifests sealed by `sealer` (when encryption is on).
+    pub fn with_sealer(self, sealer: Option<&'a Sealer>) -> Self {
+        Catalog { sealer, ..self }
+    }
+
+    /// This catalog, opening encrypted manifests with `opener` when given.
+    pub fn with_opener(self, opener: Option<&'a Opener>) -> Self {
+        Catalog { opener, ..self }
+    }
+
+    /// The manifest of `which`, which must be readable in full (not a locked view
+    /// of an encrypted backup): what a restore or a deep check needs.
+    pub async fn resolve_open(&self, source: &str, which: &str) -> Result<Manifest, CatalogError> {
+        let manifest = self.resolve(source, which).await?;
+        if manifest.locked {
+            return Err(CatalogError::Locked {
+                source_name: manifest.source,
+                backup_id: manifest.backup_id,
+            });
+        }
+        Ok(manifest)
     }
 
     /// The store it reads.
@@ -151,6 +197,10 @@ impl<'a> Catalog<'a> {
                     // still protects its objects from garbage collection.
                     Err(CatalogError::Unreadable { key, why }) => {
                         tracing::warn!(manifest = %key, error = %why, "unreadable manifest left out of the catalog's listing");
+                        continue;
+                    }
+                    Err(e @ (CatalogError::Encrypted(_) | CatalogError::Locked { .. })) => {
+                        tracing::warn!(source = %src, backup = %id, error = %e, "manifest left out of the catalog's listing");
                         continue;
                     }
                     Err(CatalogError::NoBackups { .. }) => continue,
@@ -259,12 +309,14 @@ impl<'a> Catalog<'a> {
             Err(StorageError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        Manifest::from_json(&bytes)
-            .map(Some)
-            .map_err(|why| CatalogError::Unreadable {
+        match Manifest::from_stored(&bytes, self.opener, &format!("manifest {key}")) {
+            Ok(m) => Ok(Some(m)),
+            Err(ManifestError::Open(e)) => Err(CatalogError::Encrypted(e)),
+            Err(ManifestError::Invalid(why)) => Err(CatalogError::Unreadable {
                 key: key.to_string(),
                 why,
-            })
+            }),
+        }
     }
 
     /// Reads the manifests of `entries` in their order, a few at a time.
@@ -292,11 +344,16 @@ impl<'a> Catalog<'a> {
 
     /// Writes `manifest`, the commit point of its backup, unless one is already
     /// there (an earlier delivery of the same job); `false` when it was.
+    /// With a sealer, the manifest is written encrypted ([`Manifest::seal`]).
     pub async fn commit(&self, manifest: &Manifest) -> Result<bool, StorageError> {
+        let bytes = match self.sealer {
+            Some(sealer) => manifest.seal(sealer),
+            None => manifest.to_json(),
+        };
         self.store
             .put_if_absent(
                 &manifest_key(&manifest.source, &manifest.backup_id),
-                manifest.to_json().into(),
+                bytes.into(),
             )
             .await
     }
@@ -534,6 +591,7 @@ mod tests {
             trace_id: None,
             postgres: None,
             mongodb: None,
+            locked: false,
         }
     }
 

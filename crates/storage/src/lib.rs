@@ -13,6 +13,7 @@
 //!   `ferry wal-push` (see [`wal`]).
 
 pub mod catalog;
+pub mod encryption;
 mod fs;
 mod fs_multipart;
 pub mod layout;
@@ -35,7 +36,9 @@ use tokio::io::AsyncRead;
 
 pub use catalog::{BackupEntry, Catalog, CatalogError};
 pub use fs::FsStore;
-pub use manifest::{Compression, Engine, Manifest, ManifestFile, MongoManifest, PostgresManifest};
+pub use manifest::{
+    Compression, Engine, Manifest, ManifestFile, MongoManifest, PostgresManifest, Stored,
+};
 pub use s3::{RequestChecksum, S3Credentials, S3Options, S3Store};
 
 /// A streaming body for `put`.

@@ -76,6 +76,14 @@ pub fn captures(source: &SourceConfig) -> bool {
 pub async fn run(rt: Runtime, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config = rt.config.section::<config::CaptureConfig>()?;
     let store = ferry_runtime::store::open(&rt.config.storage)?;
+    if rt.config.sources.iter().any(captures) {
+        ferry_runtime::store::check_plaintext_writer(
+            &rt.config,
+            store.as_ref(),
+            "MongoDB change capture",
+        )
+        .await?;
+    }
     let locks = rt
         .jetstream
         .get_key_value(subjects::LOCKS_BUCKET)

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ferry::commands::{
-    backup, keep, list, pitr, restore, retention, sources, status, up, verify, wal,
+    backup, keep, keys, list, pitr, restore, retention, sources, status, up, verify, wal,
 };
 use ferry_runtime::process::{self, EXIT_FAILURE};
 
@@ -54,6 +54,11 @@ enum Command {
     },
     /// Mark a backup so that no retention policy deletes it (or `--remove` the mark).
     Keep(keep::KeepArgs),
+    /// Encryption keys: `generate` an identity, `check` one against the store.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
     /// Restore a backup into a PostgreSQL or MongoDB server (--to), or fetch it into a
     /// directory in the standard tools' layout (--to-dir); MongoDB with capture on
     /// also to any instant (--at, --at-op).
@@ -93,6 +98,7 @@ async fn main() -> ExitCode {
         Command::Verify(args) => verify::run(&config, args).await,
         Command::Retention { command } => retention::run(config, command).await,
         Command::Keep(args) => keep::run(config, args).await,
+        Command::Keys { command } => keys::run(&config, command).await,
         Command::Restore(mut args) => {
             args.config_path = cli.config.clone();
             restore::run(&config, args).await

@@ -48,6 +48,15 @@ pub enum UploadError {
         spool: String,
     },
     /// What was read differs from what the dumper recorded.
+    /// Encrypting a file failed (the age writer; in practice only out of memory).
+    #[error("encrypting {name} failed: {source}")]
+    Encrypt {
+        /// The file.
+        name: String,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "spool file {name} of job {job_id} has {size} bytes with SHA-256 {sha256}, but the dumper recorded {expected_size} bytes with {expected_sha256}: the spool was modified or is damaged; run the backup again"
     )]
@@ -134,7 +143,7 @@ pub fn classify(err: &UploadError) -> HandlerError {
         UploadError::ChecksumMismatch { .. } => {
             HandlerError::permanent(reason::CHECKSUM_MISMATCH, message)
         }
-        UploadError::PartTask { .. } | UploadError::JobState(_) => {
+        UploadError::PartTask { .. } | UploadError::JobState(_) | UploadError::Encrypt { .. } => {
             HandlerError::retryable(reason::INTERNAL, message)
         }
         UploadError::Timeout { .. } => HandlerError::permanent(reason::TIMEOUT, message),

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_runtime::jobstate::{FileClaim, JobState};
-use ferry_storage::layout::object_key;
+use ferry_storage::Stored;
 
 use crate::transfer::{FileRef, Transfer, UploadError};
 
@@ -18,8 +18,19 @@ use crate::transfer::{FileRef, Transfer, UploadError};
 /// locally; their claims in NATS expire with the bucket's `max_age`.
 const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 
-/// `None` until settled; then whether the object was reused.
-type Slot = Arc<tokio::sync::Mutex<Option<bool>>>;
+/// `None` until settled; then whether the object was reused, and (encrypted) what
+/// this process stored.
+type Slot = Arc<tokio::sync::Mutex<Option<Settled>>>;
+
+/// A settled file: whether its object was reused, and, when this process uploaded
+/// it encrypted, the ciphertext's size and SHA-256.
+#[derive(Debug, Clone)]
+pub struct Settled {
+    /// Stored before this job.
+    pub reused: bool,
+    /// What this process stored, when encrypted; `None` when it did not upload it.
+    pub stored: Option<Stored>,
+}
 
 struct Job {
     files: HashMap<String, Slot>,
@@ -74,13 +85,13 @@ impl Jobs {
         &self,
         transfer: &Transfer,
         file: &FileRef<'_>,
-    ) -> Result<bool, UploadError> {
+    ) -> Result<Settled, UploadError> {
         let slot = self.slot(file.job_id, file.sha256);
         let mut settled = slot.lock().await;
-        if let Some(reused) = *settled {
-            return Ok(reused);
+        if let Some(done) = settled.as_ref() {
+            return Ok(done.clone());
         }
-        let object = object_key(file.sha256);
+        let object = transfer.object_for(file.sha256);
         let (claim, stored) = match self.state.file_claim(file.job_id, file.sha256).await? {
             Some(claim) => (claim, transfer.is_stored(&object, file.size).await?),
             None => {
@@ -110,14 +121,19 @@ impl Jobs {
                 (claim, stored)
             }
         };
+        let mut uploaded = None;
         if !stored {
             // Claimed by this job but not (yet) in the store: another replica may
             // be uploading it, or died doing so. The object is content-addressed,
-            // so uploading it here too is safe.
-            transfer.upload(file, &object).await?;
+            // so uploading it here too is safe (an encrypted one is never written
+            // over, see `Transfer::upload`).
+            uploaded = transfer.upload(file, &object).await?;
         }
-        let reused = claim == FileClaim::Reused;
-        *settled = Some(reused);
-        Ok(reused)
+        let done = Settled {
+            reused: claim == FileClaim::Reused,
+            stored: uploaded,
+        };
+        *settled = Some(done.clone());
+        Ok(done)
     }
 }

@@ -26,9 +26,11 @@ use ferry_runtime::config::SectionSpec;
 use ferry_runtime::jobstate::JobState;
 use ferry_runtime::process::{ReadinessNeeds, ServiceSpec};
 use ferry_runtime::{ConsumerSpec, Deliver, Handler, HandlerError, JobContext, Outgoing, Runtime};
-use ferry_storage::layout::{manifest_key, object_key};
+use std::collections::HashMap;
+
+use ferry_storage::layout::manifest_key;
 use ferry_storage::retry::RetryPolicy;
-use ferry_storage::{Catalog, CatalogError, Compression, Manifest, ManifestFile};
+use ferry_storage::{Catalog, CatalogError, Compression, Manifest, ManifestFile, Stored};
 use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -91,6 +93,10 @@ pub async fn transfer_from(rt: &Runtime) -> anyhow::Result<Transfer> {
     let config = &rt.config;
     let uploader = config.section::<UploaderConfig>()?;
     let store = ferry_runtime::store::open(&config.storage)?;
+    // Before anything is written: bad keys stop the process, and a store that is
+    // encrypted refuses a writer that is not (each error names the key to fix).
+    let sealer = config.encryption.sealer()?.map(Arc::new);
+    ferry_storage::encryption::check_store(store.as_ref(), sealer.as_deref()).await?;
     let spool =
         ferry_runtime::store::open_spool(&config.spool, &rt.jetstream, config.nats.replicas)
             .await?;
@@ -103,7 +109,8 @@ pub async fn transfer_from(rt: &Runtime) -> anyhow::Result<Transfer> {
             attempts: uploader.retry_attempts,
             ..RetryPolicy::default()
         },
-    ))
+    )
+    .with_sealer(sealer))
 }
 
 /// Runs the uploader until `shutdown`.
@@ -296,15 +303,20 @@ impl Uploader {
 
         // Files already uploaded on DumpFileReady are found in `jobs`; the rest go
         // now, a few at a time, in dump order in the manifest.
+        let known = self.known_digests(&dump.source).await;
         let files: Vec<ManifestFile> = futures::stream::iter(dump.files.clone())
-            .map(|file| self.store_file(dump.job_id.clone(), file))
+            .map(|file| self.store_file(dump.job_id.clone(), file, &known))
             .buffered(FILES_AT_ONCE)
             .try_collect()
             .await?;
 
         // Every object the manifest names must exist before it is written.
         for file in &files {
-            if !self.transfer.is_stored(&file.object, file.size).await? {
+            if !self
+                .transfer
+                .is_stored_as(&file.object, file.stored_size())
+                .await?
+            {
                 return Err(UploadError::MissingAfterUpload {
                     object: file.object.clone(),
                     name: file.name.clone(),
@@ -343,8 +355,10 @@ impl Uploader {
             trace_id: ferry_telemetry::current_trace_id(),
             postgres: dump.postgres.as_ref().map(Into::into),
             mongodb: dump.mongodb.as_ref().map(Into::into),
+            locked: false,
         };
         // The commit point: written last, and only if no earlier attempt wrote it.
+        let catalog = catalog.with_sealer(self.transfer.sealer());
         let created = self
             .transfer
             .retry
@@ -370,10 +384,38 @@ impl Uploader {
         Ok(vec![uploaded_event(&dump, &manifest, &key)])
     }
 
+    /// With encryption on: the stored size and SHA-256 of the objects the source's
+    /// newest backup names, read from its envelope (no key needed). A reused
+    /// object's digest comes from here, so an unchanged database's next backup
+    /// reads nothing back. Empty when encryption is off or nothing is found.
+    async fn known_digests(&self, source: &str) -> HashMap<String, Stored> {
+        if self.transfer.sealer().is_none() {
+            return HashMap::new();
+        }
+        let catalog = Catalog::new(self.transfer.store.as_ref());
+        let latest = match catalog.latest(source).await {
+            Ok(Some(entry)) => catalog.read(source, &entry.id).await,
+            Ok(None) => return HashMap::new(),
+            Err(e) => Err(e.into()),
+        };
+        match latest {
+            Ok(m) => m
+                .files
+                .into_iter()
+                .filter_map(|f| f.stored.map(|s| (f.object, s)))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(source, error = %e, "cannot read the newest backup's envelope; reused objects are read back to learn their digests");
+                HashMap::new()
+            }
+        }
+    }
+
     async fn store_file(
         &self,
         job_id: String,
         file: ferry_proto::v1::DumpFile,
+        known: &HashMap<String, Stored>,
     ) -> Result<ManifestFile, UploadError> {
         let file_ref = FileRef {
             job_id: &job_id,
@@ -381,7 +423,7 @@ impl Uploader {
             size: file.size,
             sha256: &file.sha256,
         };
-        let reused = self
+        let settled = self
             .jobs
             .ensure(&self.transfer, &file_ref)
             .instrument(
@@ -390,13 +432,27 @@ impl Uploader {
             .await?;
         let compression = Compression::parse(&file.compression)
             .map_err(|e| UploadError::Malformed(format!("{}: {e}", file.name)))?;
+        let object = self.transfer.object_for(&file.sha256);
+        // Encrypted: the manifest records the ciphertext as stored, for `ferry
+        // verify` without keys. This process uploaded it, or the newest backup
+        // names it, or (another replica uploaded it, another source shares it) it
+        // is read back once.
+        let stored = match (self.transfer.sealer(), settled.stored) {
+            (None, _) => None,
+            (Some(_), Some(stored)) => Some(stored),
+            (Some(_), None) => Some(match known.get(&object) {
+                Some(stored) => stored.clone(),
+                None => self.transfer.stored_digest(&object).await?,
+            }),
+        };
         Ok(ManifestFile {
-            object: object_key(&file.sha256),
+            object,
             name: file.name,
             size: file.size,
             sha256: file.sha256,
             compression,
-            reused,
+            reused: settled.reused,
+            stored,
         })
     }
 
@@ -448,7 +504,8 @@ fn uploaded_event(dump: &DumpCompleted, manifest: &Manifest, key: &str) -> Outgo
         bytes_uploaded: manifest.bytes_uploaded,
         bytes_reused: manifest.bytes_reused,
         duration_ms: duration,
-        databases: manifest.databases.clone(),
+        // The dump's own list: a re-announced encrypted backup's envelope has none.
+        databases: dump.databases.clone(),
     };
     Outgoing::event(
         EventKind::Uploaded,

@@ -65,6 +65,7 @@ async fn commit(
             sha256: sha,
             compression: Compression::None,
             reused: false,
+            stored: None,
         }],
         bytes_total: content.len() as u64,
         bytes_uploaded: content.len() as u64,
@@ -72,6 +73,7 @@ async fn commit(
         trace_id: None,
         postgres: None,
         mongodb: None,
+        locked: false,
     };
     assert!(Catalog::new(store).commit(&manifest).await.unwrap());
 }

@@ -6,6 +6,7 @@
 mod delivery;
 mod deploy;
 mod deploy_support;
+mod encryption;
 mod fleet;
 mod latest;
 mod mongo_consistency;

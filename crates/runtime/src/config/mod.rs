@@ -61,6 +61,10 @@ pub struct Config {
     /// The per-source leases.
     #[serde(default)]
     pub leases: LeasesConfig,
+    /// Client-side encryption: the recipients new objects are encrypted to, the
+    /// writers' name key, and (on restore hosts) the identity.
+    #[serde(default)]
+    pub encryption: ferry_storage::encryption::EncryptionConfig,
 
     // The services' sections ([`SERVICE_SECTIONS`]): accepted here by name, so a file
     // with every section serves every binary, and parsed by their services.

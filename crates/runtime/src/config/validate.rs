@@ -222,6 +222,39 @@ impl Config {
             problems.extend(s.problems(&format!("sources[{i}]")));
         }
 
+        // Recipients are public keys: a bad one is named with its value. Key files
+        // are read where they are used (the name key only on writers).
+        let encryption = &self.encryption;
+        if encryption.enabled() {
+            for (i, r) in encryption.recipients.iter().enumerate() {
+                if let Err(e) = ferry_storage::encryption::parse_recipients([(
+                    format!("encryption.recipients[{i}]"),
+                    r.as_str(),
+                )]) {
+                    problems.push(ConfigProblem {
+                        key: format!("encryption.recipients[{i}]"),
+                        value: Some(r.clone()),
+                        expected: format!("an age X25519 recipient (age1…): {e}"),
+                    });
+                }
+            }
+            if encryption.name_key_file.is_some() && encryption.name_key_env.is_some() {
+                problems.push(ConfigProblem {
+                    key: "encryption.name_key_env".into(),
+                    value: encryption.name_key_env.clone(),
+                    expected:
+                        "either encryption.name_key_file or encryption.name_key_env, not both"
+                            .into(),
+                });
+            }
+        } else if encryption.name_key_file.is_some() || encryption.name_key_env.is_some() {
+            problems.push(ConfigProblem {
+                key: "encryption.recipients".into(),
+                value: None,
+                expected: "a name key is set but no recipient: set encryption.recipients (or recipients_file), or remove the name key".into(),
+            });
+        }
+
         if problems.is_empty() {
             Ok(())
         } else {

@@ -16,6 +16,11 @@ pub use postgres::PostgresManifest;
 /// The current manifest format.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// The format of an encrypted manifest's envelope ([`Manifest::seal`]): what the
+/// store shows of an encrypted backup. A Ferry that predates encryption refuses it
+/// as newer than it understands instead of misreading it.
+pub const SEALED_FORMAT_VERSION: u32 = 2;
+
 /// One backup, as stored at `backups/<source>/<backup-id>.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -56,6 +61,67 @@ pub struct Manifest {
     /// What a MongoDB dump captured: its point in time and counts per collection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mongodb: Option<MongoManifest>,
+    /// Read from an encrypted manifest without an identity: only what the envelope
+    /// shows (ids, times, sizes, and the stored objects as `files` named
+    /// `encrypted file N`); no databases, names or counts. Enough to list, verify
+    /// the stored bytes, plan retention and collect garbage; never to restore.
+    #[serde(skip)]
+    pub locked: bool,
+}
+
+/// An encrypted object as stored: the ciphertext's size and SHA-256, what `ferry
+/// verify` checks without any key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stored {
+    /// Bytes in the store.
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the bytes in the store.
+    pub sha256: String,
+}
+
+/// One object of an encrypted backup, as its envelope shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredObject {
+    /// The object key.
+    pub object: String,
+    /// Bytes in the store.
+    pub size: u64,
+    /// SHA-256 of the bytes in the store.
+    pub sha256: String,
+}
+
+/// The envelope of an encrypted manifest: public facts, the stored objects, and the
+/// whole manifest sealed to the recipients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SealedManifest {
+    format: u32,
+    backup_id: String,
+    source: String,
+    engine: Engine,
+    job_id: String,
+    started_at: DateTime<Utc>,
+    completed_at: DateTime<Utc>,
+    bytes_total: u64,
+    bytes_uploaded: u64,
+    bytes_reused: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trace_id: Option<String>,
+    objects: Vec<StoredObject>,
+    /// The full manifest (format 1 JSON) as an age file, base64 (standard, padded):
+    /// `base64 -d | age -d -i key.txt` reads it without Ferry.
+    sealed: String,
+}
+
+/// Why a stored manifest cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// Not a manifest this Ferry can read.
+    #[error("{0}")]
+    Invalid(String),
+    /// Encrypted, and the identity cannot open it.
+    #[error(transparent)]
+    Open(#[from] crate::encryption::OpenError),
 }
 
 /// One file of a backup.
@@ -73,6 +139,22 @@ pub struct ManifestFile {
     pub compression: Compression,
     /// Whether the object was already stored by an earlier backup.
     pub reused: bool,
+    /// When the object is encrypted: the stored ciphertext's size and SHA-256
+    /// (`size` and `sha256` above are then those of the plaintext).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<Stored>,
+}
+
+impl ManifestFile {
+    /// The size of the object as stored.
+    pub fn stored_size(&self) -> u64 {
+        self.stored.as_ref().map_or(self.size, |s| s.size)
+    }
+
+    /// The SHA-256 of the object as stored.
+    pub fn stored_sha256(&self) -> &str {
+        self.stored.as_ref().map_or(&self.sha256, |s| &s.sha256)
+    }
 }
 
 /// The database engine a backup came from.
@@ -171,7 +253,118 @@ impl Manifest {
 
     /// Serialises the manifest (pretty, so operators can read it).
     pub fn to_json(&self) -> Vec<u8> {
+        debug_assert!(!self.locked, "a locked view is never written");
         serde_json::to_vec_pretty(self).expect("a manifest always serialises")
+    }
+
+    /// The manifest as an encrypted store holds it: an envelope showing only the
+    /// source, ids, times, sizes and the stored objects, with the whole manifest
+    /// sealed to the recipients inside.
+    pub fn seal(&self, sealer: &crate::encryption::Sealer) -> Vec<u8> {
+        use base64::Engine as _;
+        let envelope = SealedManifest {
+            format: SEALED_FORMAT_VERSION,
+            backup_id: self.backup_id.clone(),
+            source: self.source.clone(),
+            engine: self.engine,
+            job_id: self.job_id.clone(),
+            started_at: self.started_at,
+            completed_at: self.completed_at,
+            bytes_total: self.bytes_total,
+            bytes_uploaded: self.bytes_uploaded,
+            bytes_reused: self.bytes_reused,
+            trace_id: self.trace_id.clone(),
+            objects: self
+                .files
+                .iter()
+                .map(|f| StoredObject {
+                    object: f.object.clone(),
+                    size: f.stored_size(),
+                    sha256: f.stored_sha256().to_string(),
+                })
+                .collect(),
+            sealed: base64::engine::general_purpose::STANDARD.encode(sealer.seal(&self.to_json())),
+        };
+        serde_json::to_vec_pretty(&envelope).expect("an envelope always serialises")
+    }
+
+    /// Reads a manifest as stored, plain or encrypted. An encrypted one is opened
+    /// with `opener` when given (and must be the backup its envelope names);
+    /// without one it is read as a [`Manifest::locked`] view.
+    pub fn from_stored(
+        bytes: &[u8],
+        opener: Option<&crate::encryption::Opener>,
+        what: &str,
+    ) -> Result<Manifest, ManifestError> {
+        #[derive(Deserialize)]
+        struct Probe {
+            #[serde(default)]
+            format: u32,
+        }
+        let probe: Probe = serde_json::from_slice(bytes)
+            .map_err(|e| ManifestError::Invalid(format!("invalid manifest: {e}")))?;
+        if probe.format != SEALED_FORMAT_VERSION {
+            return Manifest::from_json(bytes).map_err(ManifestError::Invalid);
+        }
+        let envelope: SealedManifest = serde_json::from_slice(bytes)
+            .map_err(|e| ManifestError::Invalid(format!("invalid encrypted manifest: {e}")))?;
+        let Some(opener) = opener else {
+            return Ok(envelope.locked_view());
+        };
+        use base64::Engine as _;
+        let sealed = base64::engine::general_purpose::STANDARD
+            .decode(envelope.sealed.as_bytes())
+            .map_err(|e| ManifestError::Invalid(format!("invalid encrypted manifest: {e}")))?;
+        let inner = opener.open(&sealed, what)?;
+        let manifest = Manifest::from_json(&inner).map_err(ManifestError::Invalid)?;
+        if manifest.backup_id != envelope.backup_id || manifest.source != envelope.source {
+            return Err(ManifestError::Invalid(format!(
+                "the sealed manifest is backup {} of {}, not the {} of {} its envelope names: it was moved or swapped",
+                manifest.backup_id, manifest.source, envelope.backup_id, envelope.source
+            )));
+        }
+        Ok(manifest)
+    }
+}
+
+impl SealedManifest {
+    fn locked_view(self) -> Manifest {
+        Manifest {
+            format: self.format,
+            backup_id: self.backup_id,
+            source: self.source,
+            engine: self.engine,
+            job_id: self.job_id,
+            server_version: String::new(),
+            tool_version: String::new(),
+            started_at: self.started_at,
+            completed_at: self.completed_at,
+            databases: Vec::new(),
+            files: self
+                .objects
+                .into_iter()
+                .enumerate()
+                .map(|(i, o)| ManifestFile {
+                    name: format!("encrypted file {}", i + 1),
+                    object: o.object,
+                    size: o.size,
+                    sha256: o.sha256.clone(),
+                    compression: Compression::None,
+                    reused: false,
+                    stored: Some(Stored {
+                        size: o.size,
+                        sha256: o.sha256,
+                    }),
+                })
+                .collect(),
+            bytes_total: self.bytes_total,
+            bytes_uploaded: self.bytes_uploaded,
+            bytes_reused: self.bytes_reused,
+            trace_id: self.trace_id,
+            postgres: None,
+            mongodb: None,
+            locked: true,
+        }
     }
 }
 

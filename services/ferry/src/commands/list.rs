@@ -138,6 +138,7 @@ mod tests {
                 sha256: "aa".into(),
                 compression: Compression::None,
                 reused: false,
+                stored: None,
             }],
             bytes_total: 1,
             bytes_uploaded: 1,
@@ -145,6 +146,7 @@ mod tests {
             trace_id: None,
             postgres: None,
             mongodb: None,
+            locked: false,
         }
     }
 

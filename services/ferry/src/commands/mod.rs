@@ -2,7 +2,7 @@
 //! configuration and the command's parsed arguments and returning the exit code.
 //!
 //! Which commands touch NATS, and how:
-//! - `list`, `verify`, `restore`, `pitr status`, `wal-push`, `wal-fetch` read only
+//! - `list`, `verify`, `restore`, `pitr status`, `wal-push`, `wal-fetch`, `keys` read only
 //!   the store and never connect;
 //! - `status`, `sources list`, `retention plan` (for a registry source) attach
 //!   read-only ([`ferry_runtime::Runtime::attach`]): nothing is declared, so a NATS
@@ -12,6 +12,7 @@
 
 pub mod backup;
 pub mod keep;
+pub mod keys;
 pub mod list;
 pub mod pitr;
 pub mod restore;

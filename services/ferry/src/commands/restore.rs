@@ -72,6 +72,10 @@ pub struct RestoreArgs {
     /// A file holding the password of the user in --to.
     #[arg(long)]
     pub password_file: Option<PathBuf>,
+    /// An age identity file (`AGE-SECRET-KEY-1…`) for an encrypted backup
+    /// (default: encryption.identity_file).
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
     /// Restore only this collection, `db.name` as named in the backup.
     #[arg(long)]
     pub collection: Option<String>,
@@ -115,10 +119,11 @@ pub async fn run(config: &Config, args: RestoreArgs) -> anyhow::Result<ExitCode>
         return to_instant(config, args).await;
     }
     let (source, backup) = (args.source.as_str(), args.backup.as_str());
+    let opener = crate::restore::opener(config, args.identity.as_deref())?;
     if let Some(dir) = &args.to_dir {
         let store = ferry_runtime::store::open(&config.storage)?;
-        let store = store.as_ref();
-        let manifest = crate::restore::find_backup(store, source, backup).await?;
+        let opened = crate::restore::open_backup(store, source, backup, opener).await?;
+        let (store, manifest) = (opened.store.as_ref(), opened.manifest);
         let bytes = crate::restore::fetch_to_dir(store, &manifest, dir).await?;
         eprintln!(
             "restored backup {} of {} ({} files, {bytes} bytes, every SHA-256 checked) into {}",
@@ -149,8 +154,8 @@ pub async fn run(config: &Config, args: RestoreArgs) -> anyhow::Result<ExitCode>
             pg_bin_dir: dumper.pg_bin_dir.clone(),
         };
         let store = ferry_runtime::store::open(&config.storage)?;
-        let store = store.as_ref();
-        let manifest = crate::restore::find_backup(store, source, backup).await?;
+        let opened = crate::restore::open_backup(store, source, backup, opener).await?;
+        let (store, manifest) = (opened.store.as_ref(), opened.manifest);
         crate::restore::postgres::restore(store, &manifest, &opts).await?;
         eprintln!(
             "restored backup {} of {source} into {} (every SHA-256 checked)",
@@ -161,8 +166,8 @@ pub async fn run(config: &Config, args: RestoreArgs) -> anyhow::Result<ExitCode>
     }
     let options = mongo_options(to, &args)?;
     let store = ferry_runtime::store::open(&config.storage)?;
-    let store = store.as_ref();
-    let manifest = crate::restore::find_backup(store, source, backup).await?;
+    let opened = crate::restore::open_backup(store, source, backup, opener).await?;
+    let (store, manifest) = (opened.store.as_ref(), opened.manifest);
     let report = crate::restore::mongo::restore(store, &manifest, &options).await?;
     eprintln!(
         "restored backup {} of {}: {} collections, {} documents, {} changes replayed (every SHA-256 checked)",
@@ -198,6 +203,7 @@ async fn to_instant(config: &Config, args: RestoreArgs) -> anyhow::Result<ExitCo
     }
     let store = ferry_runtime::store::open(&config.storage)?;
     let store = store.as_ref();
+    crate::restore::refuse_encrypted_pitr(store).await?;
     let plan = pitr::plan(store, source, target, chrono::Utc::now()).await?;
     let changes_after = |n: usize| if n == 1 { "segment" } else { "segments" };
     if let Some(dir) = &args.to_dir {
@@ -273,6 +279,7 @@ async fn to_datadir(config: &Config, args: RestoreArgs) -> anyhow::Result<ExitCo
     }
     let store = ferry_runtime::store::open(&config.storage)?;
     let store = store.as_ref();
+    crate::restore::refuse_encrypted_pitr(store).await?;
     let plan = physical::plan(store, source, target, args.timeline).await?;
     let settings = physical::RecoverySettings {
         ferry: std::env::current_exe()?,

@@ -1,6 +1,11 @@
 //! `ferry verify`: re-reads every object of a backup from the store and checks its
 //! size and SHA-256 against the manifest, reporting every problem, not the first.
 //! It reads only the store and never connects to NATS.
+//!
+//! An encrypted backup's objects are checked as stored (the ciphertext's size and
+//! SHA-256, which its envelope records), so this needs no key. `--deep` also reads
+//! every file's content: decrypted with `--identity` when encrypted, checked against
+//! the plaintext's size and SHA-256, and decompressed to its end.
 
 use std::process::ExitCode;
 
@@ -25,6 +30,14 @@ pub struct VerifyArgs {
     /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also read every file's content: decrypt it (an encrypted backup needs
+    /// --identity), check the plaintext's SHA-256 and decompress it to the end.
+    #[arg(long)]
+    pub deep: bool,
+    /// An age identity file for --deep on an encrypted backup (default:
+    /// encryption.identity_file).
+    #[arg(long)]
+    pub identity: Option<std::path::PathBuf>,
 }
 
 /// Runs `ferry verify`: exit 0 when the backup is intact, 1 listing every missing or
@@ -34,10 +47,24 @@ pub async fn run(config: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> 
         source,
         backup,
         json,
+        deep,
+        identity,
     } = args;
     let store = ferry_runtime::store::open(&config.storage)?;
-    let manifest = crate::restore::find_backup(store.as_ref(), &source, &backup).await?;
+    let opener = crate::restore::opener(config, identity.as_deref())?;
+    // Without --deep no key is needed: an encrypted manifest's envelope names every
+    // object with its stored size and SHA-256.
+    let manifest = ferry_storage::Catalog::new(store.as_ref())
+        .with_opener(opener.as_deref())
+        .resolve(&source, &backup)
+        .await?;
     let mut problems = verify(store.as_ref(), &manifest).await?;
+    if problems.is_empty() && deep {
+        let opened =
+            crate::restore::open_backup(store.clone(), &source, &manifest.backup_id, opener)
+                .await?;
+        problems = verify_content(opened.store.as_ref(), &opened.manifest).await?;
+    }
     if problems.is_empty()
         && let Some(physical) = manifest.postgres.as_ref().and_then(|p| p.physical.as_ref())
     {
@@ -59,10 +86,15 @@ pub async fn run(config: &Config, args: VerifyArgs) -> anyhow::Result<ExitCode> 
     if problems.is_empty() {
         if !json {
             println!(
-                "backup {} of {source} is intact: {} objects, {} bytes, every size and SHA-256 checked",
+                "backup {} of {source} is intact: {} objects, {} bytes, every size and SHA-256 checked{}",
                 manifest.backup_id,
                 manifest.files.len(),
-                manifest.bytes_total
+                manifest.bytes_total,
+                if deep {
+                    ", every file decrypted and decompressed"
+                } else {
+                    ""
+                }
             );
         }
         return Ok(ExitCode::SUCCESS);
@@ -232,10 +264,11 @@ pub async fn verify(
                     size += n as u64;
                 }
                 let sha = hex::encode(hasher.finalize());
-                if size != file.size || sha != file.sha256 {
+                if size != file.stored_size() || sha != file.stored_sha256() {
                     return Ok(problem(format!(
                         "corrupt: {size} bytes with SHA-256 {sha}, expected {} bytes with {}",
-                        file.size, file.sha256
+                        file.stored_size(),
+                        file.stored_sha256()
                     )));
                 }
                 Ok(None)
@@ -250,4 +283,106 @@ pub async fn verify(
         }
     }
     Ok(problems)
+}
+
+/// `--deep`: reads every file's content through `store` (a decrypting view for an
+/// encrypted backup), checks the plaintext's size and SHA-256 and decompresses it
+/// to the end. A file that cannot be decrypted, does not match, or does not
+/// decompress is a problem naming it.
+pub async fn verify_content(
+    store: &dyn ObjectStore,
+    manifest: &Manifest,
+) -> Result<Vec<Problem>, StorageError> {
+    let results: Vec<Result<Option<Problem>, StorageError>> = futures::stream::iter(
+        manifest.files.iter(),
+    )
+    .map(|file| async move {
+        let problem = |problem: String| {
+            Ok(Some(Problem {
+                file: file.name.clone(),
+                object: file.object.clone(),
+                problem,
+            }))
+        };
+        let body = match store.get(&file.object).await {
+            Ok(body) => body,
+            Err(StorageError::NotFound { .. }) => return problem("missing".into()),
+            Err(e @ StorageError::Backend { op: "decrypt", .. }) => {
+                return problem(format!("cannot be decrypted: {e}"));
+            }
+            Err(e) => return Err(e),
+        };
+        let compression = file.compression;
+        let checked = tokio::task::spawn_blocking(move || {
+            let mut reader = Digesting {
+                inner: tokio_util::io::SyncIoBridge::new(body),
+                hasher: Sha256::new(),
+                size: 0,
+            };
+            let decoded = match compression {
+                ferry_storage::Compression::Zstd => zstd::stream::read::Decoder::new(&mut reader)
+                    .and_then(|mut d| std::io::copy(&mut d, &mut std::io::sink())),
+                ferry_storage::Compression::Gzip => std::io::copy(
+                    &mut flate2::read::GzDecoder::new(&mut reader),
+                    &mut std::io::sink(),
+                ),
+                ferry_storage::Compression::None => {
+                    std::io::copy(&mut reader, &mut std::io::sink())
+                }
+            };
+            // Whatever the decoder left unread still counts for the digest.
+            let rest = std::io::copy(&mut reader, &mut std::io::sink());
+            (
+                decoded.and(rest),
+                reader.size,
+                hex::encode(reader.hasher.finalize()),
+            )
+        })
+        .await
+        .map_err(|e| StorageError::Backend {
+            op: "read",
+            key: file.object.clone(),
+            message: e.to_string(),
+            retryable: false,
+        })?;
+        let (decoded, size, sha) = checked;
+        if size != file.size || sha != file.sha256 {
+            return problem(format!(
+                "content corrupt: {size} bytes with SHA-256 {sha}, expected {} bytes with {}{}",
+                file.size,
+                file.sha256,
+                decoded.err().map(|e| format!(" ({e})")).unwrap_or_default()
+            ));
+        }
+        if let Err(e) = decoded {
+            return problem(format!("does not decompress as {compression}: {e}"));
+        }
+        Ok(None)
+    })
+    .buffered(AT_ONCE)
+    .collect()
+    .await;
+    let mut problems = Vec::new();
+    for r in results {
+        if let Some(p) = r? {
+            problems.push(p);
+        }
+    }
+    Ok(problems)
+}
+
+/// A reader that hashes and counts what passes through it.
+struct Digesting<R> {
+    inner: R,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Digesting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
 }

@@ -87,6 +87,16 @@ pub async fn push(config: &Config, args: WalPushArgs) -> anyhow::Result<ExitCode
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    if let Err(e) =
+        ferry_runtime::store::check_plaintext_writer(config, store.as_ref(), "ferry wal-push").await
+    {
+        let message = format!(
+            "archiving {} for {source} refused (PostgreSQL keeps the file and retries): {e:#}",
+            args.path.display(),
+        );
+        wal::report::failed(config, &source, &args.path, &file, &message).await;
+        return Err(anyhow::anyhow!(message));
+    }
     match wal::push(store.as_ref(), &source, &args.path).await {
         Ok(Pushed::Stored { bytes, stored }) => {
             eprintln!(

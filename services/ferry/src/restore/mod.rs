@@ -15,19 +15,74 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use ferry_storage::encryption::{OpenedStore, Opener};
 use ferry_storage::{Compression, Manifest, ManifestFile, ObjectStore};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
-/// Resolves `latest` or an id to a manifest, through the catalog.
+/// Resolves `latest` or an id to a manifest, through the catalog; an encrypted
+/// backup is refused (it needs [`open_backup`] and an identity).
 pub async fn find_backup(
     store: &dyn ObjectStore,
     source: &str,
     backup: &str,
 ) -> anyhow::Result<Manifest> {
     Ok(ferry_storage::Catalog::new(store)
-        .resolve(source, backup)
+        .resolve_open(source, backup)
         .await?)
+}
+
+/// A backup ready to be read: its whole manifest, and the store to read its
+/// objects through (decrypting them, when the backup is encrypted).
+pub struct OpenedBackup {
+    /// The manifest, opened.
+    pub manifest: Manifest,
+    /// The store, or a decrypting view of it.
+    pub store: Arc<dyn ObjectStore>,
+}
+
+/// Resolves `latest` or an id and opens it with `opener` when it is encrypted.
+/// Without an identity, or with one that is not a recipient, an encrypted backup
+/// is an error naming what to pass, before anything is fetched or written.
+pub async fn open_backup(
+    store: Arc<dyn ObjectStore>,
+    source: &str,
+    backup: &str,
+    opener: Option<Arc<Opener>>,
+) -> anyhow::Result<OpenedBackup> {
+    let manifest = ferry_storage::Catalog::new(store.as_ref())
+        .with_opener(opener.as_deref())
+        .resolve_open(source, backup)
+        .await?;
+    let encrypted = manifest.files.iter().any(|f| f.stored.is_some());
+    let store: Arc<dyn ObjectStore> = match opener {
+        Some(opener) if encrypted => Arc::new(OpenedStore::new(store, opener)),
+        _ => store,
+    };
+    Ok(OpenedBackup { manifest, store })
+}
+
+/// The identity of `--identity`, or of `encryption.identity_file`.
+pub fn opener(
+    config: &ferry_runtime::Config,
+    identity: Option<&Path>,
+) -> anyhow::Result<Option<Arc<Opener>>> {
+    Ok(config.encryption.opener(identity)?.map(Arc::new))
+}
+
+/// Refuses a point-in-time restore from an encrypted store: captured segments and
+/// WAL are not encrypted yet, so such a store holds none that could be trusted.
+pub async fn refuse_encrypted_pitr(store: &dyn ObjectStore) -> anyhow::Result<()> {
+    if ferry_storage::encryption::read_marker(store)
+        .await?
+        .is_some_and(|m| m.encrypted)
+    {
+        anyhow::bail!(
+            "{} is encrypted: restoring to an instant (--at, --at-op, --to-datadir) from an encrypted store is not supported yet; restore a backup with --backup",
+            store.describe()
+        );
+    }
+    Ok(())
 }
 
 /// The path of a manifest file under `dir`, refusing names that would escape it.

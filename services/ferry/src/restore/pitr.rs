@@ -273,6 +273,7 @@ fn segment_file(s: &SegmentRecord) -> ManifestFile {
         sha256: s.sha256.clone(),
         compression: s.compression,
         reused: false,
+        stored: None,
     }
 }
 

@@ -497,6 +497,7 @@ async fn restore_to_a_mongodb_server_with_rename_and_drop() {
             sha256: f.sha256.clone(),
             compression: ferry_storage::Compression::parse(&f.compression).unwrap(),
             reused: false,
+            stored: None,
         });
     }
     let manifest = Manifest {
@@ -516,6 +517,7 @@ async fn restore_to_a_mongodb_server_with_rename_and_drop() {
         bytes_reused: 0,
         trace_id: None,
         mongodb: None,
+        locked: false,
         postgres: None,
     };
     store
