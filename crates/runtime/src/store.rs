@@ -41,7 +41,8 @@ pub async fn check_plaintext_writer(
             store.describe()
         );
     }
-    ferry_storage::encryption::check_store(store, None).await?;
+    let retry = ferry_storage::retry::RetryPolicy::default();
+    ferry_storage::encryption::check_store(store, None, &retry).await?;
     Ok(())
 }
 

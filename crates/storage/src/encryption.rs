@@ -29,7 +29,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::layout::OBJECTS_PREFIX;
+use crate::retry::RetryPolicy;
 use crate::{ObjectStore, StorageError, get_bytes};
+
+/// An age X25519 recipient (a public key, `age1…`).
+pub use age::x25519::Recipient;
+
+/// How every age file begins.
+const AGE_INTRO: &[u8] = b"age-encryption.org/v1\n";
 
 /// The record at the store's root that says the store is encrypted.
 pub const MARKER_KEY: &str = "ferry-store.json";
@@ -224,12 +231,26 @@ impl Sealer {
 
     /// `bytes` encrypted (a manifest, a small record).
     pub fn seal(&self, bytes: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(bytes.len() + 256);
-        let mut w = self.writer(&mut out).expect("writing to memory");
-        w.write_all(bytes).expect("writing to memory");
-        w.finish().expect("writing to memory");
-        out
+        seal_to(&self.recipients, bytes)
     }
+
+    /// A sealer of records for `recipients` with no name key: for rewriting
+    /// manifests (`ferry keys rewrap`), which names no new object.
+    pub fn for_records(recipients: Vec<age::x25519::Recipient>) -> Result<Sealer, KeyError> {
+        Sealer::new(recipients, [0u8; 32])
+    }
+}
+
+/// `bytes` encrypted to `recipients` (at least one).
+fn seal_to(recipients: &[age::x25519::Recipient], bytes: &[u8]) -> Vec<u8> {
+    let encryptor =
+        age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+            .expect("at least one X25519 recipient");
+    let mut out = Vec::with_capacity(bytes.len() + 256);
+    let mut w = encryptor.wrap_output(&mut out).expect("writing to memory");
+    w.write_all(bytes).expect("writing to memory");
+    w.finish().expect("writing to memory");
+    out
 }
 
 /// The readers' keys: X25519 identities, and the files they came from (for errors).
@@ -323,6 +344,97 @@ impl Opener {
         Ok(out)
     }
 
+    /// A new header for the age file that starts with `head` (which must hold its
+    /// whole header): the file key, unwrapped with these identities, wrapped anew
+    /// for `recipients`, under a new header MAC. The payload that follows the old
+    /// header is unchanged (its key derives from the file key and its own nonce),
+    /// so the new header followed by it is the same content for the new
+    /// recipients. Returns the new header and the old header's length.
+    pub fn rewrap(
+        &self,
+        head: &[u8],
+        recipients: &[age::x25519::Recipient],
+        what: &str,
+    ) -> Result<(Vec<u8>, usize), OpenError> {
+        use age::{Identity as _, Recipient as _};
+        use age_core::secrecy::ExposeSecret as _;
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+        let damaged = |why: &str| OpenError::Damaged {
+            what: what.to_string(),
+            why: why.to_string(),
+        };
+        let mut rest = head
+            .strip_prefix(AGE_INTRO)
+            .ok_or_else(|| damaged("not an age v1 file"))?;
+        let mut stanzas = Vec::new();
+        while rest.starts_with(b"-> ") {
+            let (after, stanza) = age_core::format::read::age_stanza(rest)
+                .map_err(|_| damaged("malformed recipient stanza in the header"))?;
+            stanzas.push(age_core::format::Stanza::from(stanza));
+            rest = after;
+        }
+        // "--- " and 43 characters of base64 MAC, then a newline.
+        if rest.len() < 48 || !rest.starts_with(b"--- ") || rest[47] != b'\n' {
+            return Err(damaged("the header has no MAC line"));
+        }
+        let through_dashes = head.len() - rest.len() + 3;
+        let header_len = head.len() - rest.len() + 48;
+        let file_key = self
+            .identities
+            .iter()
+            .find_map(|i| i.unwrap_stanzas(&stanzas))
+            .ok_or_else(|| OpenError::NoMatchingKey {
+                what: what.to_string(),
+                identities: self.origin.clone(),
+            })?
+            .map_err(|e| damaged(&e.to_string()))?;
+        let mac_key = age_core::primitives::hkdf(&[], b"header", file_key.expose_secret());
+        let old_mac = b64
+            .decode(&rest[4..47])
+            .map_err(|_| damaged("the header MAC is not base64"))?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(&mac_key).expect("any key length");
+        mac.update(&head[..through_dashes]);
+        mac.verify_slice(&old_mac)
+            .map_err(|_| damaged("the header MAC does not match"))?;
+
+        let mut header = AGE_INTRO.to_vec();
+        for recipient in recipients {
+            let (wrapped, _) = recipient
+                .wrap_file_key(&file_key)
+                .map_err(|e| damaged(&e.to_string()))?;
+            for stanza in wrapped {
+                header.extend_from_slice(b"-> ");
+                header.extend_from_slice(stanza.tag.as_bytes());
+                for arg in &stanza.args {
+                    header.push(b' ');
+                    header.extend_from_slice(arg.as_bytes());
+                }
+                header.push(b'\n');
+                // The body wrapped at 64 columns; the last line is always short,
+                // empty when the body fills its lines exactly.
+                let body = b64.encode(&stanza.body);
+                let mut lines = body.as_bytes().chunks(64).peekable();
+                let mut last_full = body.is_empty();
+                while let Some(line) = lines.next() {
+                    header.extend_from_slice(line);
+                    header.push(b'\n');
+                    last_full = line.len() == 64 && lines.peek().is_none();
+                }
+                if last_full {
+                    header.push(b'\n');
+                }
+            }
+        }
+        header.extend_from_slice(b"---");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&mac_key).expect("any key length");
+        mac.update(&header);
+        header.push(b' ');
+        header.extend_from_slice(b64.encode(mac.finalize().into_bytes()).as_bytes());
+        header.push(b'\n');
+        Ok((header, header_len))
+    }
+
     fn error(&self, what: &str, e: age::DecryptError) -> OpenError {
         match e {
             age::DecryptError::NoMatchingKeys => OpenError::NoMatchingKey {
@@ -390,7 +502,19 @@ pub enum StoreCheckError {
 
 /// The store's marker, `None` when the store was never encrypted.
 pub async fn read_marker(store: &dyn ObjectStore) -> Result<Option<StoreMarker>, StoreCheckError> {
-    match get_bytes(store, MARKER_KEY).await {
+    read_marker_with(store, &RetryPolicy::default()).await
+}
+
+async fn read_marker_with(
+    store: &dyn ObjectStore,
+    retry: &RetryPolicy,
+) -> Result<Option<StoreMarker>, StoreCheckError> {
+    match retry
+        .run("read the store's encryption marker", || {
+            get_bytes(store, MARKER_KEY)
+        })
+        .await
+    {
         Ok(bytes) => {
             serde_json::from_slice(&bytes)
                 .map(Some)
@@ -407,11 +531,14 @@ pub async fn read_marker(store: &dyn ObjectStore) -> Result<Option<StoreMarker>,
 /// Checks a writer against the store before it writes anything: a writer without
 /// encryption is refused by an encrypted store; a writer with encryption marks a
 /// store that is not marked yet (from then on, plaintext writers are refused).
+/// Store calls are retried by `retry`: a store that is briefly unavailable at
+/// start-up delays the writer rather than stopping it.
 pub async fn check_store(
     store: &dyn ObjectStore,
     sealer: Option<&Sealer>,
+    retry: &RetryPolicy,
 ) -> Result<(), StoreCheckError> {
-    let marker = read_marker(store).await?;
+    let marker = read_marker_with(store, retry).await?;
     match (marker, sealer) {
         (Some(m), None) if m.encrypted => Err(StoreCheckError::PlaintextWriter {
             store: store.describe(),
@@ -423,8 +550,14 @@ pub async fn check_store(
                 encrypted: true,
                 since: chrono::Utc::now(),
             };
-            let json = serde_json::to_vec_pretty(&marker).expect("a marker serialises");
-            store.put_if_absent(MARKER_KEY, json.into()).await?;
+            let json = bytes::Bytes::from(
+                serde_json::to_vec_pretty(&marker).expect("a marker serialises"),
+            );
+            retry
+                .run("mark the store encrypted", || {
+                    store.put_if_absent(MARKER_KEY, json.clone())
+                })
+                .await?;
             Ok(())
         }
         _ => Ok(()),
@@ -716,20 +849,60 @@ mod tests {
         assert!(matches!(config.sealer(), Err(KeyError::NoNameKey)));
     }
 
+    #[test]
+    fn a_rewrapped_file_opens_with_the_new_identity_only_and_keeps_its_payload() {
+        let (sealer, old) = sealer();
+        // Several chunks, so the payload is more than one STREAM chunk.
+        let content: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let sealed = sealer.seal(&content);
+        let new = age::x25519::Identity::generate();
+        let also = age::x25519::Identity::generate();
+        let (header, old_len) = old
+            .rewrap(&sealed[..4096], &[new.to_public(), also.to_public()], "o")
+            .unwrap();
+        let mut rewrapped = header;
+        rewrapped.extend_from_slice(&sealed[old_len..]);
+        let opener = Opener::of(vec![new], "new");
+        assert_eq!(opener.open(&rewrapped, "o").unwrap(), content);
+        assert_eq!(
+            Opener::of(vec![also], "also")
+                .open(&rewrapped, "o")
+                .unwrap(),
+            content
+        );
+        assert!(matches!(
+            old.open(&rewrapped, "o"),
+            Err(OpenError::NoMatchingKey { .. })
+        ));
+        // A header whose MAC was tampered with is refused, not rewrapped.
+        let mut bad = sealed.clone();
+        let dashes = bad.windows(4).position(|w| w == b"--- ").unwrap();
+        bad[dashes + 5] ^= 1;
+        assert!(old.rewrap(&bad[..4096], &opener.recipients(), "o").is_err());
+    }
+
     #[tokio::test]
     async fn an_encrypted_store_refuses_plaintext_writers() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::FsStore::new(dir.path(), "").unwrap();
-        check_store(&store, None).await.unwrap();
+        check_store(&store, None, &RetryPolicy::default())
+            .await
+            .unwrap();
         let (sealer, _) = sealer();
-        check_store(&store, Some(&sealer)).await.unwrap();
+        check_store(&store, Some(&sealer), &RetryPolicy::default())
+            .await
+            .unwrap();
         assert!(read_marker(&store).await.unwrap().unwrap().encrypted);
-        let err = check_store(&store, None).await.unwrap_err();
+        let err = check_store(&store, None, &RetryPolicy::default())
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, StoreCheckError::PlaintextWriter { .. }),
             "{err}"
         );
         assert!(err.to_string().contains(MARKER_KEY), "{err}");
-        check_store(&store, Some(&sealer)).await.unwrap();
+        check_store(&store, Some(&sealer), &RetryPolicy::default())
+            .await
+            .unwrap();
     }
 }

@@ -96,7 +96,19 @@ pub async fn transfer_from(rt: &Runtime) -> anyhow::Result<Transfer> {
     // Before anything is written: bad keys stop the process, and a store that is
     // encrypted refuses a writer that is not (each error names the key to fix).
     let sealer = config.encryption.sealer()?.map(Arc::new);
-    ferry_storage::encryption::check_store(store.as_ref(), sealer.as_deref()).await?;
+    // A store that is unavailable at start-up is waited for (each attempt logged),
+    // not a reason to stop: the check must pass before anything is written.
+    let until_answered = RetryPolicy {
+        attempts: u32::MAX,
+        max: Duration::from_secs(1),
+        ..RetryPolicy::default()
+    };
+    ferry_storage::encryption::check_store(store.as_ref(), sealer.as_deref(), &until_answered)
+        .await?;
+    let retry = RetryPolicy {
+        attempts: uploader.retry_attempts,
+        ..RetryPolicy::default()
+    };
     let spool =
         ferry_runtime::store::open_spool(&config.spool, &rt.jetstream, config.nats.replicas)
             .await?;
@@ -105,10 +117,7 @@ pub async fn transfer_from(rt: &Runtime) -> anyhow::Result<Transfer> {
         spool,
         uploader.part_size.0,
         uploader.parts_in_flight,
-        RetryPolicy {
-            attempts: uploader.retry_attempts,
-            ..RetryPolicy::default()
-        },
+        retry,
     )
     .with_sealer(sealer))
 }

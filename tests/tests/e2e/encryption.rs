@@ -554,3 +554,133 @@ async fn run_up(config: &Path) -> Output {
         .expect("ferry up did not refuse to start within a minute")
         .expect("run ferry up")
 }
+
+/// Every backup of `source` opens with `identity` and its content checks out.
+async fn all_open_with(store: &std::sync::Arc<dyn ObjectStore>, source: &str, identity: &Path) {
+    let opener =
+        std::sync::Arc::new(ferry_storage::encryption::Opener::from_file(identity).unwrap());
+    let entries = Catalog::new(store.as_ref())
+        .backups(Some(source))
+        .await
+        .unwrap();
+    assert!(!entries.is_empty());
+    for entry in entries {
+        let opened =
+            ferry::restore::open_backup(store.clone(), source, &entry.id, Some(opener.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("{} with {}: {e:#}", entry.id, identity.display()));
+        let problems = ferry::verify::verify_content(opened.store.as_ref(), &opened.manifest)
+            .await
+            .unwrap();
+        assert!(
+            problems.is_empty(),
+            "{} with {}: {problems:?}",
+            entry.id,
+            identity.display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrap_killed_twice_completes_and_locks_out_the_removed_identity() {
+    let mut keys_at = None;
+    let mut config_at = None;
+    let env = TestEnv::start(&fill_sql(), |p, c| {
+        let keys = keys(&p.dir);
+        let c = encrypted(c, &keys).postgres_source("vault", &p.db_url, &p.password_file);
+        config_at = Some(c.write(&p.dir.join("ferry.toml")));
+        keys_at = Some(keys);
+        c
+    })
+    .await;
+    let (keys, config) = (keys_at.unwrap(), config_at.unwrap());
+    // Two backups sharing every table's object.
+    backup(&env, "vault").await;
+    backup(&env, "vault").await;
+    let store = env.store();
+    let (text, recipient) = ferry_storage::encryption::generate_identity();
+    let new_identity = env.dir.path().join("new-identity.txt");
+    std::fs::write(&new_identity, text).unwrap();
+    let recipients = env.dir.path().join("new-recipients.txt");
+    std::fs::write(&recipients, format!("# the new key\n{recipient}\n")).unwrap();
+    let (old, new) = (
+        keys.identity.display().to_string(),
+        new_identity.display().to_string(),
+    );
+    let rewrap = |fault: Option<&str>| {
+        let mut cmd = Command::new(binary("ferry"));
+        cmd.arg("--config")
+            .arg(&config)
+            .args(["keys", "rewrap", "--identity", &old, "--recipients-file"])
+            .arg(&recipients)
+            .env("FERRY_LOG", "warn");
+        if let Some(fault) = fault {
+            cmd.env(ferry_runtime::fault::ENV, fault);
+        }
+        cmd.output().expect("run ferry keys rewrap")
+    };
+
+    // Killed in phase one (after the first manifest): the old identity still opens
+    // every backup.
+    let killed = rewrap(Some("keys.rewrap.manifest:1"));
+    assert!(!killed.status.success());
+    assert!(
+        stderr(&killed).contains("fault injected"),
+        "{}",
+        stderr(&killed)
+    );
+    all_open_with(&store, "vault", &keys.identity).await;
+
+    // Resumed, killed again in phase two: now the new identity opens every backup.
+    let killed = rewrap(Some("keys.rewrap.manifest:2"));
+    assert!(!killed.status.success());
+    assert!(stderr(&killed).contains("resuming"), "{}", stderr(&killed));
+    all_open_with(&store, "vault", &new_identity).await;
+
+    // Resumed to the end: every backup verifies (the stored digests were updated)
+    // and restores with the new identity; the old one opens none.
+    let done = rewrap(None);
+    assert!(done.status.success(), "{}", stderr(&done));
+    all_open_with(&store, "vault", &new_identity).await;
+    assert!(
+        get_bytes(store.as_ref(), "keys/rewrap.json").await.is_err(),
+        "the progress record is removed at the end"
+    );
+    for entry in Catalog::new(store.as_ref())
+        .backups(Some("vault"))
+        .await
+        .unwrap()
+    {
+        let deep = ferry(
+            &config,
+            &[
+                "verify",
+                "--source",
+                "vault",
+                "--backup",
+                &entry.id,
+                "--deep",
+                "--identity",
+                &new,
+            ],
+        );
+        assert!(deep.status.success(), "{}", stderr(&deep));
+        let refused = ferry::restore::open_backup(
+            store.clone(),
+            "vault",
+            &entry.id,
+            Some(std::sync::Arc::new(
+                ferry_storage::encryption::Opener::from_file(&keys.identity).unwrap(),
+            )),
+        )
+        .await
+        .err()
+        .expect("the removed identity opens nothing");
+        assert!(
+            format!("{refused:#}").contains("encrypted to other recipients"),
+            "{refused:#}"
+        );
+    }
+    let checked = ferry(&config, &["keys", "check", "--identity", &old]);
+    assert!(!checked.status.success());
+}
