@@ -132,13 +132,37 @@ fn is_empty_dir(dir: &Path) -> bool {
     std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_none())
 }
 
+/// The store a scenario runs on: the local directory of the test's defaults, or a
+/// bucket on a real S3 server.
+fn on_store(config: TestConfig, s3: Option<&S3Server>, dir: &Path) -> TestConfig {
+    match s3 {
+        Some(server) => config.s3_store(server, &unique_name("sealed"), dir),
+        None => config,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn encrypted_postgres_backups_restore_only_with_the_identity_and_show_nothing() {
+async fn encrypted_postgres_backups_in_a_directory_restore_only_with_the_identity() {
+    postgres_scenario(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_postgres_backups_in_s3_restore_only_with_the_identity() {
+    postgres_scenario(Some(S3Server::moto().await)).await;
+}
+
+/// PostgreSQL end to end: nothing readable in the store, restores only with the
+/// identity, standard tools, dedup, verification without and with keys.
+async fn postgres_scenario(s3: Option<S3Server>) {
     let mut keys_at = None;
     let mut config_at = None;
     let env = TestEnv::start(&fill_sql(), |p, c| {
         let keys = keys(&p.dir);
-        let c = encrypted(c, &keys).postgres_source("vault", &p.db_url, &p.password_file);
+        let c = on_store(encrypted(c, &keys), s3.as_ref(), &p.dir).postgres_source(
+            "vault",
+            &p.db_url,
+            &p.password_file,
+        );
         config_at = Some(c.write(&p.dir.join("ferry.toml")));
         keys_at = Some(keys);
         c
@@ -267,6 +291,16 @@ async fn encrypted_postgres_backups_restore_only_with_the_identity_and_show_noth
         .expect("restore with the identity");
     assert_eq!(copy.table_checksums().await, env.db.table_checksums().await);
 
+    // One file is larger than a part: the encrypted multipart path was taken.
+    let part = ferry_uploader::config::UploaderConfig::default()
+        .part_size
+        .0;
+    assert!(
+        manifest.files.iter().any(|f| f.size > part),
+        "no file above {part} bytes: {:?}",
+        manifest.files.iter().map(|f| f.size).collect::<Vec<_>>()
+    );
+
     // Debian's age reads an object without Ferry: the table of contents, which
     // pg_restore lists.
     let toc = manifest
@@ -374,6 +408,17 @@ async fn encrypted_postgres_backups_restore_only_with_the_identity_and_show_noth
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_mongodb_backups_in_s3_restore_exactly_with_the_identity() {
+    mongodb_scenario(Some(S3Server::moto().await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_mongodb_backups_in_a_directory_restore_exactly_with_the_identity() {
+    mongodb_scenario(None).await;
+}
+
+/// MongoDB end to end: nothing readable in the store, restores exactly only with
+/// the identity, verification without keys.
+async fn mongodb_scenario(s3: Option<S3Server>) {
     let (server, client) = shared_client().await;
     let source_db = unique_name("ferry_sealed");
     let db = client.database(&source_db);
@@ -382,13 +427,14 @@ async fn encrypted_mongodb_backups_in_s3_restore_exactly_with_the_identity() {
         .insert_many((0..500).map(|i| doc! { "_id": i, "note": format!("{MARKER}-{i}") }))
         .await
         .unwrap();
-    let s3 = S3Server::moto().await;
     let mut keys_at = None;
     let env = TestEnv::start("", |p, c| {
         let keys = keys(&p.dir);
-        let c = encrypted(c, &keys)
-            .s3_store(&s3, &unique_name("sealed"), &p.dir)
-            .source(Source::mongodb("accounts", server.url(), &[&source_db]));
+        let c = on_store(encrypted(c, &keys), s3.as_ref(), &p.dir).source(Source::mongodb(
+            "accounts",
+            server.url(),
+            &[&source_db],
+        ));
         keys_at = Some(keys);
         c
     })
