@@ -226,6 +226,36 @@ pub async fn get_bytes(store: &dyn ObjectStore, key: &str) -> Result<Vec<u8>, St
     Ok(out)
 }
 
+/// The size and SHA-256 of the object at `key` as stored, read through (streaming).
+pub async fn stored_digest(store: &dyn ObjectStore, key: &str) -> Result<Stored, StorageError> {
+    use sha2::Digest;
+    use tokio::io::AsyncReadExt;
+    let mut body = store.get(key).await?;
+    let mut hasher = sha2::Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = body
+            .read(&mut buf)
+            .await
+            .map_err(|e| StorageError::Backend {
+                op: "read",
+                key: key.to_string(),
+                message: e.to_string(),
+                retryable: true,
+            })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok(Stored {
+        size,
+        sha256: hex::encode(hasher.finalize()),
+    })
+}
+
 /// The size of the object at `key`, or `NotFound`.
 pub async fn size_of(store: &dyn ObjectStore, key: &str) -> Result<u64, StorageError> {
     match store.head(key).await? {

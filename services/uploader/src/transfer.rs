@@ -150,30 +150,12 @@ impl Transfer {
     /// The size and SHA-256 of `object` as stored, read back from the store: for
     /// encrypted content this job did not upload and no recent manifest describes.
     pub async fn stored_digest(&self, object: &str) -> Result<Stored, UploadError> {
-        let mut body = self.retry.run("get", || self.store.get(object)).await?;
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = body
-                .read(&mut buf)
-                .await
-                .map_err(|e| StorageError::Backend {
-                    op: "read",
-                    key: object.to_string(),
-                    message: e.to_string(),
-                    retryable: true,
-                })?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            size += n as u64;
-        }
-        Ok(Stored {
-            size,
-            sha256: hex::encode(hasher.finalize()),
-        })
+        Ok(self
+            .retry
+            .run("read back", || {
+                ferry_storage::stored_digest(self.store.as_ref(), object)
+            })
+            .await?)
     }
 
     /// Uploads the file to `object`, checking that what was read has the recorded
@@ -336,18 +318,7 @@ impl Transfer {
             hasher.update(&buf);
             size += filled as u64;
             number += 1;
-            let bytes = buf.freeze();
-            let (store, retry) = (self.store.clone(), self.retry);
-            let (key, upload_id) = (object.to_string(), upload_id.to_string());
-            tasks.spawn(async move {
-                let receipt = retry
-                    .run("upload part", || {
-                        store.upload_part(&key, &upload_id, number, bytes.clone())
-                    })
-                    .await;
-                drop(permit);
-                receipt
-            });
+            self.spawn_part(&mut tasks, object, upload_id, number, buf.freeze(), permit);
             // Collect finished parts as we go, so a failing part stops the read.
             while let Some(done) = tasks.try_join_next() {
                 receipts.push(joined(object, done)?);
@@ -361,6 +332,30 @@ impl Transfer {
         }
         self.check(file, size, &hex::encode(hasher.finalize()))?;
         Ok(receipts)
+    }
+
+    /// Uploads part `number` in its own task, holding `permit` (its buffer) until
+    /// sent.
+    fn spawn_part(
+        &self,
+        tasks: &mut JoinSet<Result<PartReceipt, StorageError>>,
+        object: &str,
+        upload_id: &str,
+        number: u32,
+        bytes: Bytes,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let (store, retry) = (self.store.clone(), self.retry);
+        let (key, upload_id) = (object.to_string(), upload_id.to_string());
+        tasks.spawn(async move {
+            let receipt = retry
+                .run("upload part", || {
+                    store.upload_part(&key, &upload_id, number, bytes.clone())
+                })
+                .await;
+            drop(permit);
+            receipt
+        });
     }
 
     /// Encrypts while it reads and uploads the ciphertext in parts, several in
@@ -418,17 +413,7 @@ impl Transfer {
                 cipher.update(&bytes);
                 cipher_size += bytes.len() as u64;
                 number += 1;
-                let (store, retry) = (self.store.clone(), self.retry);
-                let (key, upload_id) = (object.to_string(), upload_id.to_string());
-                tasks.spawn(async move {
-                    let receipt = retry
-                        .run("upload part", || {
-                            store.upload_part(&key, &upload_id, number, bytes.clone())
-                        })
-                        .await;
-                    drop(permit);
-                    receipt
-                });
+                self.spawn_part(&mut tasks, object, upload_id, number, bytes, permit);
                 while let Some(done) = tasks.try_join_next() {
                     receipts.push(joined(object, done)?);
                 }

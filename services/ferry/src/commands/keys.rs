@@ -221,7 +221,7 @@ async fn rewrap_object(
 ) -> anyhow::Result<ferry_storage::Stored> {
     use sha2::{Digest, Sha256};
     if check_first {
-        let current = digest_of(store, object).await?;
+        let current = ferry_storage::stored_digest(store, object).await?;
         if current != *recorded {
             return Ok(current);
         }
@@ -248,27 +248,6 @@ async fn rewrap_object(
     };
     store.put(object, Box::new(reader)).await?;
     let (h, size) = std::mem::take(&mut *hasher.lock().expect("digest lock"));
-    Ok(ferry_storage::Stored {
-        size,
-        sha256: hex::encode(h.finalize()),
-    })
-}
-
-/// The size and SHA-256 of `object` as stored.
-async fn digest_of(store: &dyn ObjectStore, object: &str) -> anyhow::Result<ferry_storage::Stored> {
-    use sha2::{Digest, Sha256};
-    let mut body = store.get(object).await?;
-    let mut h = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = body.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        size += n as u64;
-    }
     Ok(ferry_storage::Stored {
         size,
         sha256: hex::encode(h.finalize()),

@@ -11,10 +11,9 @@ use std::process::ExitCode;
 
 use ferry_runtime::Config;
 use ferry_runtime::process::EXIT_FAILURE;
-use ferry_storage::{Manifest, ObjectStore, StorageError};
+use ferry_storage::{Manifest, ManifestFile, ObjectStore, StorageError};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
 
 use crate::output;
 
@@ -220,69 +219,62 @@ pub struct Problem {
     pub problem: String,
 }
 
-/// Checks every file of `manifest`; an empty list means the backup is intact.
-/// Store errors other than "not found" abort the check (the store, not the backup,
-/// is the problem then).
-pub async fn verify(
-    store: &dyn ObjectStore,
-    manifest: &Manifest,
-) -> Result<Vec<Problem>, StorageError> {
-    let results: Vec<Result<Option<Problem>, StorageError>> =
+/// Runs `check` on every file of `manifest`, a few at once; a file's problem is
+/// what `check` says is wrong with it. Store errors other than "not found" abort
+/// the check (the store, not the backup, is the problem then).
+async fn each_file<'a, F, Fut>(
+    manifest: &'a Manifest,
+    check: F,
+) -> Result<Vec<Problem>, StorageError>
+where
+    F: Fn(&'a ManifestFile) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<String>, StorageError>>,
+{
+    let results: Vec<(&ManifestFile, Result<Option<String>, StorageError>)> =
         futures::stream::iter(manifest.files.iter())
-            .map(|file| async move {
-                let problem = |problem: String| {
-                    Some(Problem {
-                        file: file.name.clone(),
-                        object: file.object.clone(),
-                        problem,
-                    })
-                };
-                let mut body = match store.get(&file.object).await {
-                    Ok(body) => body,
-                    Err(StorageError::NotFound { .. }) => {
-                        return Ok(problem("missing".into()));
-                    }
-                    Err(e) => return Err(e),
-                };
-                let mut hasher = Sha256::new();
-                let mut size = 0u64;
-                let mut buf = vec![0u8; 256 * 1024];
-                loop {
-                    let n = body
-                        .read(&mut buf)
-                        .await
-                        .map_err(|e| StorageError::Backend {
-                            op: "read",
-                            key: file.object.clone(),
-                            message: e.to_string(),
-                            retryable: true,
-                        })?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    size += n as u64;
-                }
-                let sha = hex::encode(hasher.finalize());
-                if size != file.stored_size() || sha != file.stored_sha256() {
-                    return Ok(problem(format!(
-                        "corrupt: {size} bytes with SHA-256 {sha}, expected {} bytes with {}",
-                        file.stored_size(),
-                        file.stored_sha256()
-                    )));
-                }
-                Ok(None)
+            .map(|file| {
+                let checked = check(file);
+                async move { (file, checked.await) }
             })
             .buffered(AT_ONCE)
             .collect()
             .await;
     let mut problems = Vec::new();
-    for r in results {
-        if let Some(p) = r? {
-            problems.push(p);
+    for (file, result) in results {
+        if let Some(problem) = result? {
+            problems.push(Problem {
+                file: file.name.clone(),
+                object: file.object.clone(),
+                problem,
+            });
         }
     }
     Ok(problems)
+}
+
+/// Checks every object of `manifest` as stored (size and SHA-256; for an encrypted
+/// backup those of the ciphertext, so no key is needed); an empty list means the
+/// backup is intact.
+pub async fn verify(
+    store: &dyn ObjectStore,
+    manifest: &Manifest,
+) -> Result<Vec<Problem>, StorageError> {
+    each_file(manifest, |file| async move {
+        let (size, sha) = match ferry_storage::stored_digest(store, &file.object).await {
+            Ok(stored) => (stored.size, stored.sha256),
+            Err(StorageError::NotFound { .. }) => return Ok(Some("missing".into())),
+            Err(e) => return Err(e),
+        };
+        if size != file.stored_size() || sha != file.stored_sha256() {
+            return Ok(Some(format!(
+                "corrupt: {size} bytes with SHA-256 {sha}, expected {} bytes with {}",
+                file.stored_size(),
+                file.stored_sha256()
+            )));
+        }
+        Ok(None)
+    })
+    .await
 }
 
 /// `--deep`: reads every file's content through `store` (a decrypting view for an
@@ -293,27 +285,17 @@ pub async fn verify_content(
     store: &dyn ObjectStore,
     manifest: &Manifest,
 ) -> Result<Vec<Problem>, StorageError> {
-    let results: Vec<Result<Option<Problem>, StorageError>> = futures::stream::iter(
-        manifest.files.iter(),
-    )
-    .map(|file| async move {
-        let problem = |problem: String| {
-            Ok(Some(Problem {
-                file: file.name.clone(),
-                object: file.object.clone(),
-                problem,
-            }))
-        };
+    each_file(manifest, |file| async move {
         let body = match store.get(&file.object).await {
             Ok(body) => body,
-            Err(StorageError::NotFound { .. }) => return problem("missing".into()),
+            Err(StorageError::NotFound { .. }) => return Ok(Some("missing".into())),
             Err(e @ StorageError::Backend { op: "decrypt", .. }) => {
-                return problem(format!("cannot be decrypted: {e}"));
+                return Ok(Some(format!("cannot be decrypted: {e}")));
             }
             Err(e) => return Err(e),
         };
         let compression = file.compression;
-        let checked = tokio::task::spawn_blocking(move || {
+        let (decoded, size, sha) = tokio::task::spawn_blocking(move || {
             let mut reader = Digesting {
                 inner: tokio_util::io::SyncIoBridge::new(body),
                 hasher: Sha256::new(),
@@ -345,30 +327,20 @@ pub async fn verify_content(
             message: e.to_string(),
             retryable: false,
         })?;
-        let (decoded, size, sha) = checked;
         if size != file.size || sha != file.sha256 {
-            return problem(format!(
+            return Ok(Some(format!(
                 "content corrupt: {size} bytes with SHA-256 {sha}, expected {} bytes with {}{}",
                 file.size,
                 file.sha256,
                 decoded.err().map(|e| format!(" ({e})")).unwrap_or_default()
-            ));
+            )));
         }
         if let Err(e) = decoded {
-            return problem(format!("does not decompress as {compression}: {e}"));
+            return Ok(Some(format!("does not decompress as {compression}: {e}")));
         }
         Ok(None)
     })
-    .buffered(AT_ONCE)
-    .collect()
-    .await;
-    let mut problems = Vec::new();
-    for r in results {
-        if let Some(p) = r? {
-            problems.push(p);
-        }
-    }
-    Ok(problems)
+    .await
 }
 
 /// A reader that hashes and counts what passes through it.
