@@ -16,6 +16,7 @@ pub mod janitor;
 mod jobs;
 pub mod transfer;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,8 +27,6 @@ use ferry_runtime::config::SectionSpec;
 use ferry_runtime::jobstate::JobState;
 use ferry_runtime::process::{ReadinessNeeds, ServiceSpec};
 use ferry_runtime::{ConsumerSpec, Deliver, Handler, HandlerError, JobContext, Outgoing, Runtime};
-use std::collections::HashMap;
-
 use ferry_storage::layout::manifest_key;
 use ferry_storage::retry::RetryPolicy;
 use ferry_storage::{Catalog, CatalogError, Compression, Manifest, ManifestFile, Stored};
